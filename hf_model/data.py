@@ -321,7 +321,7 @@ def stratified_group_split(
     labels: np.ndarray, groups: np.ndarray, split_fractions: Sequence[float], seed: int
 ) -> list[np.ndarray]:
     """Indices of train/validation/test: stratified by label, no group in two splits, seeded."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
     fractions = np.asarray(split_fractions, dtype=float)
     if len(fractions) != 3 or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
@@ -335,6 +335,10 @@ def stratified_group_split(
             return idx[:0], idx
         n_splits = max(2, round(1 / fraction))
         largest_class = np.unique(labels[idx], return_counts=True)[1].max()
+        if largest_class < 2:  # one photo per class: nothing to stratify, keep groups whole
+            folds = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+            rest, held = next(folds.split(idx, groups=groups[idx]))
+            return idx[rest], idx[held]
         if n_splits > largest_class:
             # Classes smaller than the fold count (e.g. 4 photos per bird): hold out one fold of
             # as many folds as the largest class allows, then keep the right share of that fold.

@@ -1,0 +1,391 @@
+"""What a finished run shows: learning curves, confusion matrix, worst mistakes, and the model card.
+
+Each ``plot_*`` function writes one PNG and returns its path; the ``draw_*`` function behind it
+returns the matplotlib ``Figure`` so tests can look at what was drawn. Figures are built on the
+Agg canvas directly (no pyplot), so nothing opens a window, touches the global backend or stays
+in memory after saving. ``write_model_card`` writes ``README.md`` with ``huggingface_hub.ModelCard``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+LEARNING_CURVES_PNG = "learning_curves.png"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+TOP_LOSSES_PNG = "top_losses.png"
+PLOT_CAPTIONS = {
+    LEARNING_CURVES_PNG: "Learning curves: loss and validation metrics per epoch",
+    CONFUSION_MATRIX_PNG: "Confusion matrix on the test split",
+    TOP_LOSSES_PNG: "The worst mistakes on the test split",
+}
+# log_history key -> legend label; the loss panel and the metric panel of the learning curves
+LOSS_KEYS = {"loss": "train loss", "eval_loss": "validation loss"}
+METRIC_KEYS = {"eval_accuracy": "validation accuracy", "eval_f1_macro": "validation macro-F1",
+               "eval_top5_accuracy": "validation top-5 accuracy"}
+# test_* key in all_results.json -> (model-index metric type, display name, metric args)
+CARD_METRICS = {
+    "test_accuracy": ("accuracy", "Accuracy", None),
+    "test_f1_macro": ("f1", "F1 (macro)", {"average": "macro"}),
+    "test_roc_auc": ("roc_auc", "ROC AUC", None),
+    "test_top5_accuracy": ("top_k_accuracy", "Top-5 accuracy", {"k": 5}),
+}
+MAX_CARD_CLASSES = 30  # per-class rows in the card; the rest stay in all_results.json
+DPI = 110
+
+
+# ---------------------------------------------------------------- learning curves
+
+def plot_learning_curves(log_history: list[dict], path: str | Path,
+                         stage_boundaries: Sequence[float] | None = None) -> Path:
+    """Loss (train + validation) and validation metrics per epoch, stage boundaries dashed."""
+    return _save(draw_learning_curves(log_history, stage_boundaries), path)
+
+
+def draw_learning_curves(log_history: list[dict], stage_boundaries: Sequence[float] | None = None) -> Figure:
+    series = learning_curve_series(log_history)
+    if not series:
+        raise ValueError("log_history holds no 'loss' or 'eval_*' entries: was the Trainer logging per epoch?")
+    fig = _figure(11, 4.2)
+    panels = fig.subplots(1, 2)
+    for ax, keys, title in zip(panels, (LOSS_KEYS, METRIC_KEYS), ("Loss", "Validation metrics"), strict=True):
+        for label in keys.values():
+            if label in series:
+                epochs, values = series[label]
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        for stage, x in enumerate(stage_boundaries or [], start=2):
+            ax.axvline(x, color="grey", linestyle="--", linewidth=1)
+            ax.text(x, 0.98, f" stage {stage}", transform=ax.get_xaxis_transform(), va="top", color="dimgrey")
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    return fig
+
+
+def learning_curve_series(log_history: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """``{legend label: (epochs, values)}`` for every loss and metric key found in ``log_history``."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for entry in log_history:
+        for key, label in {**LOSS_KEYS, **METRIC_KEYS}.items():
+            if key in entry and "epoch" in entry:
+                epochs, values = series.setdefault(label, ([], []))
+                epochs.append(float(entry["epoch"]))
+                values.append(float(entry[key]))
+    return series
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path,
+                          max_classes: int = 20) -> Path:
+    """Row-normalized, annotated matrix; beyond ``max_classes`` classes, a chart of the top confusions."""
+    if len(class_names) > max_classes:
+        return _save(draw_top_confusions(matrix, class_names), path)
+    return _save(draw_confusion_matrix(matrix, class_names), path)
+
+
+def draw_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
+    counts = np.asarray(matrix)
+    shares = normalize_rows(counts)
+    n = len(class_names)
+    fig = _figure(max(4.5, 0.55 * n + 2.5), max(4.0, 0.5 * n + 2))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    for (i, j), share in np.ndenumerate(shares):
+        if n > 10 and counts[i, j] == 0:
+            continue  # empty cells left blank so the mistakes stand out
+        text = f"{share:.2f}\n({counts[i, j]})" if n <= 10 else f"{share:.2f}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=9 if n <= 10 else 7,
+                color="white" if share > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), [f"{name} (n={int(row.sum())})" for name, row in zip(class_names, counts, strict=True)])
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (each row sums to 1)")
+    return fig
+
+
+def draw_top_confusions(matrix: Sequence[Sequence[int]], class_names: Sequence[str], top: int = 25) -> Figure:
+    pairs = top_confusions(matrix, class_names, top)
+    fig = _figure(10, max(2.5, 0.32 * len(pairs) + 1.2))
+    ax = fig.subplots()
+    if not pairs:
+        ax.text(0.5, 0.5, "no confusions on the test split", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    labels = [f"{true} → {pred}" for true, pred, _ in pairs]
+    counts = [count for _, _, count in pairs]
+    bars = ax.barh(range(len(pairs)), counts, color="tab:red")
+    ax.bar_label(bars, padding=2)
+    ax.set_yticks(range(len(pairs)), labels, fontsize=8)
+    ax.invert_yaxis()  # the most frequent confusion on top
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="test photos")
+    # a figure title stays whole however wide the class names make the left margin
+    fig.suptitle(f"Top {len(pairs)} confusions among {len(class_names)} classes (true → predicted)")
+    return fig
+
+
+def normalize_rows(matrix: Sequence[Sequence[int]]) -> np.ndarray:
+    """Each row divided by its sum (the share of each true class); rows with no photos stay 0."""
+    counts = np.asarray(matrix, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def top_confusions(matrix: Sequence[Sequence[int]], class_names: Sequence[str], top: int = 25
+                   ) -> list[tuple[str, str, int]]:
+    """The most frequent ``(true, predicted, count)`` mistakes, most frequent first."""
+    counts = np.array(matrix, dtype=int)
+    np.fill_diagonal(counts, 0)
+    true_ids, pred_ids = np.nonzero(counts)
+    order = sorted(zip(true_ids, pred_ids, strict=True), key=lambda ij: (-counts[ij], ij))[:top]
+    return [(class_names[i], class_names[j], int(counts[i, j])) for i, j in order]
+
+
+# ---------------------------------------------------------------- top losses
+
+def plot_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: Sequence[str],
+                    pred_probs: Sequence[float], path: str | Path, k: int = 12,
+                    losses: Sequence[float] | None = None) -> Path:
+    """fastai-style grid of the ``k`` worst mistakes, titled true / predicted / p(predicted)."""
+    return _save(draw_top_losses(images, true_labels, pred_labels, pred_probs, k, losses), path)
+
+
+def draw_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: Sequence[str],
+                    pred_probs: Sequence[float], k: int = 12, losses: Sequence[float] | None = None) -> Figure:
+    worst = select_top_losses(true_labels, pred_labels, pred_probs, k, losses)
+    columns = min(4, max(1, len(worst)))
+    rows = max(1, math.ceil(len(worst) / columns))
+    fig = _figure(3.2 * columns, 3.6 * rows + 0.4)
+    fig.suptitle(f"Worst {len(worst)} test mistakes: true / predicted / p(predicted)")
+    if not worst:
+        fig.text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+        return fig
+    for ax, i in zip(np.atleast_1d(fig.subplots(rows, columns)).ravel(), worst, strict=False):
+        image = images[i].convert("RGB")
+        image.thumbnail((320, 320))  # keeps the figure small when photos are large
+        ax.imshow(np.asarray(image))
+        title = f"true: {_short(true_labels[i])}\npred: {_short(pred_labels[i])}\np = {pred_probs[i]:.2f}"
+        ax.set_title(title + (f", loss {losses[i]:.2f}" if losses is not None else ""), fontsize=9)
+    for ax in fig.axes:
+        ax.set_axis_off()
+    return fig
+
+
+def select_top_losses(true_labels: Sequence, pred_labels: Sequence, pred_probs: Sequence[float], k: int = 12,
+                      losses: Sequence[float] | None = None) -> list[int]:
+    """Indices of the wrong predictions, worst first: by loss when given, else by p(predicted)."""
+    badness = losses if losses is not None else pred_probs
+    wrong = [i for i, (true, pred) in enumerate(zip(true_labels, pred_labels, strict=True)) if true != pred]
+    return sorted(wrong, key=lambda i: -badness[i])[:k]
+
+
+# ---------------------------------------------------------------- model card
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ summary }}
+
+## How to use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("image-classification", model="{{ model_id }}")
+classifier("photo.jpg", top_k={{ top_k }})
+```
+
+## Results on the test split
+
+{{ results_table }}
+
+### Per class
+
+{{ per_class_table }}
+
+## Training
+
+Labels: {{ label_source }}.
+
+{{ splits_table }}
+
+Trained with this exact command:
+
+```bash
+{{ command }}
+```
+
+### Hyperparameters
+
+{{ hyperparameters_table }}
+{% if plots %}
+## Plots
+{% for name, caption in plots %}
+![{{ caption }}]({{ name }})
+{% endfor %}{% endif %}
+## Intended use and limits
+
+{{ intended_use }}
+{% for limit in limits %}
+- {{ limit }}{% endfor %}
+"""
+
+
+def write_model_card(output_dir: str | Path, *, base_model: str, dataset: str | None, metrics: dict, command: str,
+                     hyperparameters: dict, label_names: Sequence[str], plots: Sequence[str], label_source: str,
+                     split_sizes: dict[str, int], license: str = "apache-2.0", limitations: str | None = None,
+                     model_name: str | None = None, model_id: str | None = None) -> ModelCard:
+    """Write ``output_dir/README.md``: Hub metadata with a ``model-index`` of the test metrics, then the prose."""
+    output_dir = Path(output_dir)
+    model_name = model_name or output_dir.resolve().name
+    missing = [name for name in plots if not (output_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"plots {missing} are not in {output_dir}: write them before the model card")
+    card_data = ModelCardData(
+        model_name=model_name, base_model=base_model, datasets=[dataset] if dataset else None, license=license,
+        library_name="transformers", pipeline_tag="image-classification",
+        tags=["image-classification", "vision", "hf_model"],
+        metrics=[CARD_METRICS[key][0] for key in CARD_METRICS if key in metrics],
+        eval_results=eval_results(metrics, dataset),
+    )
+    card = ModelCard.from_template(
+        card_data, template_str=CARD_TEMPLATE, model_name=model_name, model_id=model_id or str(output_dir),
+        summary=_summary(base_model, dataset, label_names), top_k=min(5, len(label_names)),
+        results_table=results_table(metrics, count_test_photos(metrics, split_sizes), len(label_names)),
+        per_class_table=per_class_table(metrics.get("test_per_class", {})), label_source=label_source,
+        splits_table=_table(["split", "photos"], list(split_sizes.items())), command=command,
+        hyperparameters_table=_table(["hyperparameter", "value"], sorted(hyperparameters.items())),
+        plots=[(name, PLOT_CAPTIONS.get(name, Path(name).stem.replace("_", " "))) for name in plots],
+        intended_use=_intended_use(dataset, label_names),
+        limits=_limits(metrics, split_sizes, label_source, len(label_names), limitations),
+    )
+    card.save(output_dir / "README.md")
+    return card
+
+
+def eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
+    """One ``EvalResult`` per test metric present (accuracy, macro-F1, ROC AUC, top-5)."""
+    return [
+        EvalResult(task_type="image-classification", task_name="Image Classification",
+                   dataset_type=dataset or "imagefolder", dataset_name=dataset or "local photo folder",
+                   dataset_split="test",
+                   metric_type=metric_type, metric_name=name, metric_args=args, metric_value=float(metrics[key]))
+        for key, (metric_type, name, args) in CARD_METRICS.items() if key in metrics
+    ]
+
+
+def results_table(metrics: dict, test_photos: int | None, n_classes: int) -> str:
+    rows = [[name, f"{metrics[key]:.3f}"] for key, (_, name, _) in CARD_METRICS.items()
+            if key in metrics]
+    if test_photos and "test_accuracy" in metrics:
+        low, high = wilson_interval(metrics["test_accuracy"], test_photos)
+        rows[0][1] += f" (95% CI {low:.3f}–{high:.3f}, Wilson, n={test_photos})"
+    note = "\n\nWith more than two classes ROC AUC is one-vs-rest, averaged over classes." if n_classes > 2 else ""
+    return _table(["metric", "value"], rows) + note
+
+
+def per_class_table(per_class: dict[str, dict], limit: int = MAX_CARD_CLASSES) -> str:
+    """Precision/recall/F1/support per class; beyond ``limit`` classes only the lowest F1 are shown."""
+    names = list(per_class)
+    note = ""
+    if len(names) > limit:
+        names = sorted(names, key=lambda name: (per_class[name]["f1"], -per_class[name]["support"]))[:limit]
+        note = (f"\n\nShowing the {limit} classes with the lowest F1; {len(per_class) - limit} more are "
+                "omitted here and listed in `all_results.json` (`test_per_class`).")
+    rows = [[name, *(f"{per_class[name][k]:.3f}" for k in ("precision", "recall", "f1")), per_class[name]["support"]]
+            for name in names]
+    return _table(["class", "precision", "recall", "F1", "photos"], rows) + note
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% confidence interval of an accuracy measured on ``n`` photos (Wilson score)."""
+    center = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def count_test_photos(metrics: dict, split_sizes: dict[str, int]) -> int | None:
+    """Test photos: the per-class supports when present, else the recorded split size."""
+    per_class = metrics.get("test_per_class")
+    return sum(c["support"] for c in per_class.values()) if per_class else split_sizes.get("test")
+
+
+def _summary(base_model: str, dataset: str | None, label_names: Sequence[str]) -> str:
+    base = f"[{base_model}](https://huggingface.co/{base_model})" if base_model.count("/") == 1 else base_model
+    data = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else "a local folder of photos"
+    return (f"An image classifier fine-tuned from {base} on {data}. It sorts a photo into one of "
+            f"{len(label_names)} classes: {_names(label_names)}.")
+
+
+def _intended_use(dataset: str | None, label_names: Sequence[str]) -> str:
+    return (f"Sorting photos like those it was trained on ({dataset or 'the training folder'}) into "
+            f"{_names(label_names, 6)}, as a first pass that a person can check. It is not meant for decisions "
+            "about people or for photos of other kinds.")
+
+
+def _limits(metrics: dict, split_sizes: dict, label_source: str, n_classes: int, extra: str | None) -> list[str]:
+    limits = [f"**Label noise.** Labels come from {label_source}. Wrong or debatable labels are learned as they "
+              "are and cap the accuracy that can be measured."]
+    n = count_test_photos(metrics, split_sizes)
+    if n and "test_accuracy" in metrics:
+        low, high = wilson_interval(metrics["test_accuracy"], n)
+        limits.append(f"**Small test set.** The test split holds {n} photos, so the test accuracy "
+                      f"{metrics['test_accuracy']:.3f} has an approximate 95% confidence interval of "
+                      f"{low:.3f}–{high:.3f} (Wilson score interval); differences between runs smaller than "
+                      "that are noise.")
+    limits.append(f"**Out-of-domain photos.** The model always answers with one of its {n_classes} classes, even "
+                  "for a photo that belongs to none of them, and its score is not a calibrated probability. "
+                  "Photos unlike the training data (other cameras, drawings, screenshots) may be misclassified "
+                  "with high confidence.")
+    return limits + ([extra] if extra else [])
+
+
+# ---------------------------------------------------------------- small shared helpers
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    fig.clear()  # a pyplot-free Figure is freed once unreferenced; clear() drops its artists now
+    return path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, … ({len(names)} in all)"
+
+
+def _short(label, width: int = 34) -> str:
+    return textwrap.shorten(str(label), width=width, placeholder="…")

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny photos and tiny models made in the test, and the real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(config, items):
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real data not found at {SHARED_DATA}")
+    for item in items:
+        if "real_data" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_photo(path: Path, colour: tuple[int, int, int], size: int = 48, seed: int = 0) -> Path:
+    """A small photo of one colour with noise, so photos of a class look alike but are not identical."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """class_name/*.jpg with two well-separated classes of 12 photos each."""
+    root = tmp_path / "photos"
+    for name, colour in [("red", (220, 30, 30)), ("blue", (30, 30, 220))]:
+        for i in range(12):
+            make_photo(root / name / f"{i}.jpg", colour, seed=i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_convnext(tmp_path_factory) -> str:
+    """A random-init HF-native ConvNeXt with its image processor: the Hub-model code path, offline."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
+
+    out = tmp_path_factory.mktemp("tiny_convnext")
+    config = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=10)
+    ConvNextForImageClassification(config).save_pretrained(out)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(out)
+    return str(out)

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from hf_model.backbones import BACKBONES, load_image_processor, load_model, rename_lite_keys, resolve_backbone
+
+
+def test_registry_names_the_offline_default():
+    assert BACKBONES["efficientnet-lite0"].offline and BACKBONES["efficientnet-lite0"].image_size == 224
+    assert BACKBONES["convnext-tiny"].hub_id == "facebook/convnext-tiny-224"
+
+
+def test_rename_maps_stage_blocks():
+    sd = {"_conv_stem.weight": 1, "_blocks.0._depthwise_conv.weight": 2, "_blocks.1._expand_conv.weight": 3,
+          "_blocks.3._bn1.bias": 4, "_fc.bias": 5}
+    out = rename_lite_keys(sd, [1, 2, 2])
+    assert out == {"conv_stem.weight": 1, "blocks.0.0.conv_dw.weight": 2, "blocks.1.0.conv_pw.weight": 3,
+                   "blocks.2.0.bn2.bias": 4, "classifier.bias": 5}
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        resolve_backbone("no-such-net")
+
+
+def test_hub_ids_pass_through():
+    assert resolve_backbone("convnext-tiny") == "facebook/convnext-tiny-224"
+    assert resolve_backbone("someone/their-model") == "someone/their-model"
+
+
+def test_default_weights_are_imagenet_pretrained(tmp_path):
+    """The converted Lite0 names a cat photo shipped by scikit-image as a cat."""
+    from skimage import data
+
+    source = resolve_backbone("efficientnet-lite0", cache_dir=tmp_path)
+    config = json.loads((tmp_path / "backbones" / "efficientnet-lite0" / "config.json").read_text())
+    assert "label_names" not in config  # it would turn fine-tuned labels into LABEL_0 (weights README)
+    top = pipeline("image-classification", model=source)(Image.fromarray(data.chelsea()), top_k=3)
+    assert "cat" in top[0]["label"]
+    assert sum(p["score"] for p in top if "cat" in p["label"]) > 0.7
+
+
+def test_new_head_keeps_label_names_and_image_size(tmp_path):
+    source = resolve_backbone("efficientnet-lite0")
+    model = load_model(source, ["Modern", "Old"], image_size=160)
+    processor = load_image_processor(source, model.config, 160)
+    assert processor(Image.new("RGB", (300, 200)), return_tensors="pt")["pixel_values"].shape[-1] == 160
+    model.save_pretrained(tmp_path)
+    answer = pipeline("image-classification", model=str(tmp_path))(Image.new("RGB", (300, 200)))
+    assert sorted(p["label"] for p in answer) == ["Modern", "Old"]
+    assert answer[0]["score"] + answer[1]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hf_native_model_gets_fresh_head_and_resized_processor(tiny_convnext):
+    model = load_model(tiny_convnext, ["a", "b", "c"])
+    assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    processor = load_image_processor(tiny_convnext, model.config, image_size=40)
+    pixels = processor(Image.new("RGB", (90, 60)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == torch.Size([40, 40])

@@ -1,0 +1,98 @@
+"""End-to-end: ``train.py`` main() with patched argv, like transformers' example tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, make_photo
+from transformers import pipeline
+
+from hf_model.config import PRESETS
+from hf_model.training import main, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
+        "--split_fractions", "0.5", "0.25", "0.25", "--dataloader_pin_memory", "false"]
+
+
+def test_preset_sets_defaults_and_flags_win():
+    cfg, args = parse_args(["--preset", "birds", "--data_dir", "x", "--output_dir", "o", "--learning_rate", "0.01"])
+    assert cfg.split_fractions == PRESETS["birds"]["split_fractions"]
+    assert args.per_device_train_batch_size == PRESETS["birds"]["per_device_train_batch_size"]
+    assert args.learning_rate == 0.01
+    assert args.remove_unused_columns is False and args.load_best_model_at_end
+
+
+def test_missing_data_source_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--output_dir", "o"])
+    assert "--data_dir" in capsys.readouterr().err
+
+
+def test_train_writes_a_folder_pipeline_loads(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "run"
+    metrics = main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+                    "--learning_rate", "0.01", *FAST])
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["test_accuracy"] == metrics["test_accuracy"]
+    assert set(results["test_per_class"]) == {"blue", "red"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "blue", "1": "red"}
+    assert (out / "preprocessor_config.json").is_file()  # HF-native: processor saved for pipeline()
+    run = json.loads((out / "hf_model_config.json").read_text())
+    assert run["config"]["backbone"] == tiny_convnext and "--data_dir" in run["command"]
+    answer = pipeline("image-classification", model=str(out))(str(next((image_folder / "red").iterdir())))
+    assert {p["label"] for p in answer} == {"blue", "red"}
+
+
+def test_rerun_resumes_from_the_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
+    out = tmp_path / "run"
+    args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), *FAST]
+    main(args)
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert checkpoints
+    caplog.set_level("INFO", logger="hf_model")
+    main([*args, "--num_train_epochs", "3"])
+    assert f"resuming from {checkpoints[-1]}" in caplog.text
+
+
+def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "train.py"), "--data_dir", str(image_folder), "--backbone", tiny_convnext,
+           "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true", *FAST]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
+    # 12 training photos, batch 8 per process, 2 processes: one step per epoch instead of two
+    assert state["max_steps"] == 2
+    assert (out / "all_results.json").is_file()
+    assert done.stdout.count("Done in") == 1  # only the main process prints the summary
+
+
+@pytest.mark.real_data
+def test_short_real_fine_tune_answers_modern_or_old(tmp_path):
+    out = tmp_path / "bedrooms"
+    main(["--preset", "bedrooms", "--data_dir", str(SHARED_DATA / "bedrooms"), "--output_dir", str(out),
+          "--max_steps", "3", "--image_size", "128", "--dataloader_pin_memory", "false"])
+    classifier = pipeline("image-classification", model=str(out))
+    answer = classifier(str(SHARED_DATA / "bedrooms" / "bed_1.jpg"))
+    assert {p["label"] for p in answer} == {"Modern", "Old"}
+    assert sum(p["score"] for p in answer) == pytest.approx(1.0, abs=1e-5)
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 128, 128]
+
+
+def test_broken_bedroom_photo_stops_training_naming_the_file(tmp_path):
+    root = tmp_path / "bedrooms"
+    for i in range(1, 9):
+        make_photo(root / f"bed_{i}.jpg", (200, 200, 200), seed=i)
+    (root / "bed_5.jpg").write_bytes(b"\x89PNG truncated")
+    (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'MO'[i % 2]}\n" for i in range(1, 9)))
+    with pytest.raises(ValueError, match="bed_5.jpg"):
+        main(["--data_dir", str(root), "--output_dir", str(tmp_path / "o")])
