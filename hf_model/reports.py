@@ -168,10 +168,10 @@ def draw_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: S
     columns = min(4, max(1, len(worst)))
     rows = max(1, math.ceil(len(worst) / columns))
     fig = _figure(3.2 * columns, 3.6 * rows + 0.4)
-    fig.suptitle(f"Worst {len(worst)} test mistakes: true / predicted / p(predicted)")
     if not worst:
-        fig.text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+        fig.suptitle("No mistakes on the test split")
         return fig
+    fig.suptitle(f"Worst {len(worst)} test mistakes: true / predicted / p(predicted)")
     for ax, i in zip(np.atleast_1d(fig.subplots(rows, columns)).ravel(), worst, strict=False):
         image = images[i].convert("RGB")
         image.thumbnail((320, 320))  # keeps the figure small when photos are large

@@ -1,0 +1,424 @@
+"""Publish to the Hugging Face Hub: a trained model, a dataset, or the Space.
+
+``hf-model publish model|dataset|space --repo_id user/name ...`` always builds the repo folder
+locally first (``--dry_run`` stops there and prints where), then uploads it as one commit:
+``HfApi.create_repo(exist_ok=True)`` followed by one ``upload_folder``. A commit lands whole or
+not at all, so a failed upload leaves the repo as it was, and the error says which step failed.
+
+- model: weights (safetensors), ``config.json`` with the class names, the image processor, the
+  model card and plots from the training folder; never checkpoints or pickles.
+- dataset: the ``DatasetDict`` as Parquet shards in the Hub layout (``data/<split>-00000-of-00001.parquet``,
+  images embedded as bytes) plus the card from ``datasets_cards/<name>/README.md`` with its
+  ``configs`` and ``dataset_info`` (class names, split sizes) filled in from the data.
+- space: ``space/`` with the chosen model ids written into its README (``models:``) and set as
+  the Space variables the app reads (``BEDROOM_MODEL``, ``BIRD_MODEL``); when the app imports
+  ``hf_model`` and its requirements.txt does not install it, the package source goes along.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import DatasetCard, HfApi, ModelCard, ModelCardData, SpaceCard, get_token
+from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT_ROOT = Path("runs/hub")  # gitignored; each default build folder is replaced on the next build
+CARDS_DIR = PROJECT_ROOT / "datasets_cards"
+
+# What a trained folder contributes to the model repo. Never checkpoint-*/ (optimizer state) or
+# training_args.bin (a pickle, which the Hub flags as unsafe).
+MODEL_FILE_PATTERNS = (
+    "config.json", "*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
+    "README.md", "*_results.json", "hf_model_config.json", "*.png",
+)
+SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
+# Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
+SPACE_MODEL_VARIABLES = {"BEDROOM_MODEL": "bedroom_model", "BIRD_MODEL": "bird_model"}
+DATASET_CARD_FIELDS = ("license", "task_categories", "pretty_name")
+MAX_SHARD_BYTES = 500 * 10**6  # what datasets' push_to_hub uses
+ROWS_PER_ROW_GROUP = 100  # small row groups let the dataset viewer read a page of images without the whole shard
+SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
+                   (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
+
+
+class PublishError(RuntimeError):
+    """Publishing stopped; the message says what was and was not uploaded, and what to do."""
+
+
+@dataclass
+class Published:
+    folder: Path  # the repo folder as built locally
+    url: str | None  # the commit on the Hub; None for a dry run
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        token = None if args.dry_run else resolve_token()  # before building: a dataset takes a while
+        common = {"token": token, "private": args.private, "dry_run": args.dry_run, "out_dir": args.out_dir}
+        if args.kind == "model":
+            result = publish_model(args.model_dir, args.repo_id, **common)
+        elif args.kind == "dataset":
+            dataset_dict, card = load_dataset_to_publish(args.data_dir, args.card, args.split_fractions, args.seed)
+            result = publish_dataset(dataset_dict, card, args.repo_id, **common)
+        else:
+            models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
+            result = publish_space(args.space_dir, args.repo_id, models, args.datasets, **common)
+    except (PublishError, FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"hf-model publish {args.kind}: {err}")
+    if result.url is None:
+        print(f"Dry run: the {args.kind} repo folder is ready at {result.folder} (nothing uploaded)")
+    else:
+        print(f"Published {args.kind} {args.repo_id}: {result.url} (built from {result.folder})")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="hf-model publish", description=__doc__.splitlines()[0])
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    model = kinds.add_parser("model", help="a trained model folder (train.py --output_dir)")
+    model.add_argument("model_dir", help="the trained model folder, e.g. runs/bedrooms")
+    dataset = kinds.add_parser("dataset", help="a photo folder as Parquet train/validation/test (+ unlabeled)")
+    dataset.add_argument("data_dir", help="the photo folder, e.g. ../shared/data/bedrooms")
+    dataset.add_argument("--card", help="dataset card (default: datasets_cards/<bedrooms|birds>/README.md)")
+    dataset.add_argument("--split_fractions", type=float, nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"),
+                         help="default: the training preset's, so the published splits are the ones trained on")
+    dataset.add_argument("--seed", type=int, default=42, help="split seed; the --seed the model was trained with")
+    space = kinds.add_parser("space", help="the Gradio demo in space/")
+    space.add_argument("space_dir", nargs="?", default=str(PROJECT_ROOT / "space"), help="default: space/")
+    for flag in SPACE_MODEL_VARIABLES.values():
+        space.add_argument(f"--{flag}", help=f"model id the Space loads ({flag.replace('_', ' ')})")
+    space.add_argument("--datasets", nargs="*", default=[], help="dataset ids to list in the Space card")
+    for sub in (model, dataset, space):
+        sub.add_argument("--repo_id", required=True, help="user/name or org/name on the Hub")
+        sub.add_argument("--dry_run", action="store_true", help="build the repo folder, print where, upload nothing")
+        sub.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps "
+                                                                  "its visibility)")
+        sub.add_argument("--out_dir", help=f"where to build the repo folder (default: {DEFAULT_OUT_ROOT}/<kind>s--"
+                                           "<user>--<name>, rebuilt each time)")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------- publish = build + upload
+
+
+def publish_model(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
+                  dry_run: bool = False, out_dir: str | Path | None = None) -> Published:
+    """Build the model repo folder from a trained folder and upload it (``train.py --push_to_hub`` calls this)."""
+    token = None if dry_run else resolve_token(token)  # fail before the work, not after it
+    folder = build_model_repo(model_dir, prepare_out_dir(out_dir, "model", repo_id))
+    return _upload_unless_dry_run(folder, repo_id, "model", token, private, dry_run)
+
+
+def publish_dataset(dataset_dict, card_path: str | Path, repo_id: str, *, token: str | None = None,
+                    private: bool = False, dry_run: bool = False, out_dir: str | Path | None = None) -> Published:
+    """Export a ``DatasetDict`` and its card as a Hub dataset repo and upload it."""
+    token = None if dry_run else resolve_token(token)
+    folder = export_dataset_repo(dataset_dict, card_path, prepare_out_dir(out_dir, "dataset", repo_id))
+    return _upload_unless_dry_run(folder, repo_id, "dataset", token, private, dry_run)
+
+
+def publish_space(space_dir: str | Path, repo_id: str, models: Mapping[str, str], datasets: Sequence[str] = (), *,
+                  token: str | None = None, private: bool = False, dry_run: bool = False,
+                  out_dir: str | Path | None = None) -> Published:
+    """Upload ``space/`` as a Gradio Space; ``models`` maps the app's variables to model ids."""
+    token = None if dry_run else resolve_token(token)
+    folder = build_space_repo(space_dir, prepare_out_dir(out_dir, "space", repo_id), models, datasets)
+    published = _upload_unless_dry_run(folder, repo_id, "space", token, private, dry_run)
+    if not dry_run:
+        set_space_variables(repo_id, models, token, published.url)
+    return published
+
+
+def _upload_unless_dry_run(folder: Path, repo_id: str, repo_type: str, token: str | None, private: bool,
+                           dry_run: bool) -> Published:
+    if dry_run:
+        return Published(folder, None)
+    return Published(folder, upload_repo_folder(folder, repo_id, repo_type, token=token, private=private))
+
+
+def prepare_out_dir(out_dir: str | Path | None, kind: str, repo_id: str) -> Path:
+    """An empty folder to build into: the default one is rebuilt, a given one must be new or empty."""
+    if out_dir is None:
+        out = DEFAULT_OUT_ROOT / f"{kind}s--{repo_id.replace('/', '--')}"
+        if out.exists():
+            shutil.rmtree(out)  # our own previous build of this repo
+    else:
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise FileExistsError(f"{out} is not empty: the repo folder must start empty (everything in it is "
+                                  "uploaded). Remove it, or leave out --out_dir to use the default build folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------- model repo
+
+
+def build_model_repo(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Copy what ``pipeline()`` and the Hub page need from a trained folder into ``out_dir``.
+
+    Checks that the weights are safetensors, the config names the real classes and the image
+    processor loads; keeps the model card and its plots (writing a minimal card when the folder
+    has none).
+    """
+    from transformers import AutoConfig, AutoImageProcessor
+
+    source, out = Path(model_dir), Path(out_dir)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(f"{source} has no config.json: give the folder train.py wrote (its --output_dir)")
+    if not any(source.glob("*.safetensors")):
+        raise FileNotFoundError(f"{source} has no *.safetensors weights; re-save the model with save_pretrained()")
+    config = AutoConfig.from_pretrained(source)
+    labels = [config.id2label[i] for i in sorted(config.id2label)]
+    if all(re.fullmatch(r"LABEL_\d+", label) for label in labels):
+        raise ValueError(f"{source}/config.json names no classes (only {labels[:3]}...): pipeline() would answer "
+                         "LABEL_0; set id2label/label2id when building the model (hf_model.backbones.load_model)")
+
+    try:  # pipeline() needs the image processor from the repo alone
+        processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{source}: no image processor loads from it ({err}); save it with the model "
+                                "(Trainer(processing_class=processor) or processor.save_pretrained)") from err
+
+    for path in _model_files(source):
+        target = out / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)  # copyfile, not copy2: the files get ordinary permissions
+    if config.model_type != "timm_wrapper" and not (out / "preprocessor_config.json").is_file():
+        processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
+    card_path = out / "README.md"
+    card = ModelCard.load(card_path) if card_path.is_file() else minimal_model_card(source, labels)
+    if not (card_path.is_file() and card.data.library_name and card.data.pipeline_tag):
+        # the Hub picks the widget and the "Use this model" snippet from these two fields
+        card.data.library_name = card.data.library_name or "transformers"
+        card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
+        card.save(card_path)
+    return out
+
+
+def _model_files(source: Path) -> list[Path]:
+    found = {p for pattern in MODEL_FILE_PATTERNS for p in source.glob(pattern)}
+    found |= {p for p in source.glob("*/**/*.png")
+              if not any(part.startswith("checkpoint-") for part in p.relative_to(source).parts)}
+    return sorted(p for p in found if p.is_file())
+
+
+def minimal_model_card(model_dir: Path, labels: list[str]) -> ModelCard:
+    """A short card from the run's own files, for folders that hf_model.reports has not written one into."""
+    logger.warning("%s has no README.md; writing a minimal model card (hf_model.reports writes the full one)",
+                   model_dir)
+    results = _read_json(model_dir / "all_results.json")
+    run = _read_json(model_dir / "hf_model_config.json")
+    metrics = {k.removeprefix("test_"): v for k, v in results.items()
+               if k.startswith("test_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
+                         tags=["image-classification", "hf-model"])
+    lines = [f"# {model_dir.name}", "", f"Image classifier for {len(labels)} classes: {', '.join(labels[:20])}"
+             + (" ..." if len(labels) > 20 else "") + "."]
+    if metrics:
+        lines += ["", "| test metric | value |", "| --- | --- |", *(f"| {k} | {v:.3f} |" for k, v in metrics.items())]
+    if run.get("command"):
+        lines += ["", "Trained with:", "", "```bash", run["command"], "```"]
+    lines += ["", "```python", "from transformers import pipeline", "",
+              'classifier = pipeline("image-classification", model="<this repo id>")',
+              'classifier("photo.jpg")', "```"]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# ----------------------------------------------------------------------------------- dataset repo
+
+
+def load_dataset_to_publish(data_dir: str, card: str | None, split_fractions: Sequence[float] | None,
+                            seed: int):
+    """The same ``DatasetDict`` training builds (preset split fractions, same seed), and its card."""
+    from hf_model.config import PRESETS
+    from hf_model.data import build_dataset, detect_layout
+
+    layout = detect_layout(data_dir)
+    card_path = Path(card) if card else CARDS_DIR / layout / "README.md"
+    if not card_path.is_file():
+        raise FileNotFoundError(f"no dataset card at {card_path}: write one (see datasets_cards/) and pass --card")
+    fractions = split_fractions or PRESETS.get(layout, {}).get("split_fractions", (0.76, 0.14, 0.10))
+    return build_dataset(data_dir, split_fractions=fractions, seed=seed), card_path
+
+
+def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path,
+                        max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Write ``dataset_dict`` as Hub-layout Parquet shards with embedded images, plus its card.
+
+    ``load_dataset(out_dir)`` gives back the same splits, features (``ClassLabel`` names included)
+    and row counts. The card's ``configs``, ``dataset_info`` and ``size_categories`` are filled in
+    from the data, so the numbers on the Hub page are always the exported ones.
+    """
+    from datasets import DatasetInfo, Image, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+
+    card = DatasetCard.load(card_path)
+    missing = [field for field in DATASET_CARD_FIELDS if not card.data.get(field)]
+    if missing:
+        raise ValueError(f"{card_path}: the card's YAML lacks {missing}; the Hub needs them to list the dataset")
+    out = Path(out_dir)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    features = next(iter(dataset_dict.values())).features
+    info = DatasetInfo(features=features, splits=SplitDict(), download_size=0, dataset_size=0)
+    for split, dataset in dataset_dict.items():
+        dataset = dataset.cast_column("image", Image())  # decodable, so its files are embedded below
+        files, num_bytes = write_parquet_shards(dataset, out / "data", split, max_shard_bytes)
+        info.splits.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(dataset)))
+        info.download_size += sum(f.stat().st_size for f in files)
+        info.dataset_size += num_bytes
+    info.size_in_bytes = info.download_size + info.dataset_size
+
+    data_files = [{"split": split, "path": f"data/{split}-*"} for split in dataset_dict]
+    MetadataConfigs({"default": {"data_files": data_files}}).to_dataset_card_data(card.data)
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card.data)
+    card.data["size_categories"] = [size_category(sum(len(d) for d in dataset_dict.values()))]
+    card.save(out / "README.md")
+    return out
+
+
+def write_parquet_shards(dataset, folder: Path, split: str, max_shard_bytes: int) -> tuple[list[Path], int]:
+    """``<split>-0000i-of-0000n.parquet`` files with the image bytes inside; returns them and the Arrow size."""
+    from datasets.table import embed_table_storage
+
+    num_shards = max(1, math.ceil(dataset._estimate_nbytes() / max_shard_bytes))  # push_to_hub's estimate
+    files, num_bytes = [], 0
+    for index in range(num_shards):
+        shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
+        # Same as push_to_hub: read each image file into the table (path keeps only the file name)
+        shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+        path = folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
+        shard.to_parquet(path, batch_size=ROWS_PER_ROW_GROUP)
+        files.append(path)
+        num_bytes += shard.data.nbytes
+    return files, num_bytes
+
+
+def size_category(num_examples: int) -> str:
+    """The Hub's ``size_categories`` value for a row count."""
+    for limit, name in SIZE_CATEGORIES:
+        if num_examples < limit:
+            return name
+    return "n>1B"
+
+
+# -------------------------------------------------------------------------------------- space repo
+
+
+def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping[str, str],
+                     datasets: Sequence[str] = ()) -> Path:
+    """Copy ``space/`` and record the model ids (``{"BEDROOM_MODEL": "user/bedroom-style", ...}``) in its card."""
+    source, out = Path(space_dir), Path(out_dir)
+    if not (source / "README.md").is_file():
+        raise FileNotFoundError(f"{source}/README.md is missing: a Space needs it, with YAML front matter "
+                                "(title, sdk: gradio, app_file, ...)")
+    unknown = sorted(set(models) - set(SPACE_MODEL_VARIABLES))
+    if unknown:
+        raise ValueError(f"unknown Space model variables {unknown}; the app reads {sorted(SPACE_MODEL_VARIABLES)}")
+    shutil.copytree(source, out, ignore=SPACE_IGNORE, dirs_exist_ok=True)
+    card = SpaceCard.load(out / "README.md")
+    if card.data.get("sdk") != "gradio":
+        raise ValueError(f"{source}/README.md: expected 'sdk: gradio' in its YAML, found {card.data.get('sdk')!r}")
+    app_file = card.data.get("app_file") or "app.py"
+    if not (out / app_file).is_file():
+        raise FileNotFoundError(f"{source}/README.md names app_file {app_file!r}, which is not in {source}")
+    if models:
+        card.data.models = list(models.values())
+    if datasets:
+        card.data.datasets = list(datasets)
+    card.save(out / "README.md")
+    if _imports_hf_model(out) and not _requires_hf_model(out / "requirements.txt"):
+        # The Space installs only requirements.txt; ship our package's source beside app.py
+        shutil.copytree(Path(__file__).parent, out / "hf_model", ignore=shutil.ignore_patterns("__pycache__"))
+    return out
+
+
+def _imports_hf_model(folder: Path) -> bool:
+    pattern = re.compile(r"^\s*(from|import)\s+hf_model\b", re.MULTILINE)
+    return any(pattern.search(path.read_text(errors="ignore")) for path in folder.rglob("*.py"))
+
+
+def _requires_hf_model(requirements: Path) -> bool:
+    return requirements.is_file() and re.search(r"hf[-_]model", requirements.read_text()) is not None
+
+
+def set_space_variables(repo_id: str, models: Mapping[str, str], token: str, commit_url: str | None) -> None:
+    """Point the running Space at the chosen models: the app reads them as environment variables."""
+    api = HfApi(token=token)
+    for variable, model_id in models.items():
+        try:
+            api.add_space_variable(repo_id, variable, model_id)
+        except Exception as err:
+            raise PublishError(
+                f"the Space files were uploaded ({commit_url}) but setting {variable}={model_id} failed: "
+                f"{explain(err)}. Set it under the Space's Settings > Variables, or rerun this command") from err
+
+
+# ------------------------------------------------------------------------------------------ upload
+
+
+def resolve_token(token: str | None = None) -> str:
+    """The given token, else ``HF_TOKEN``, else the one saved by ``hf auth login``."""
+    token = token or get_token()
+    if not token:
+        raise PublishError("no Hugging Face token: set HF_TOKEN to a write token (huggingface.co/settings/tokens) "
+                           "or run `hf auth login`; or pass --dry_run to only build the repo folder")
+    return token
+
+
+def upload_repo_folder(folder: str | Path, repo_id: str, repo_type: str, *, token: str, private: bool = False,
+                       commit_message: str | None = None) -> str:
+    """``create_repo(exist_ok=True)`` then one ``upload_folder`` commit; returns the commit URL."""
+    api = HfApi(token=token)
+    extra = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    try:
+        repo = api.create_repo(repo_id, repo_type=repo_type, private=True if private else None, exist_ok=True,
+                               **extra)
+    except Exception as err:
+        raise PublishError(f"could not create or reach the {repo_type} repo {repo_id}: {explain(err)}. "
+                           f"Nothing was uploaded; the repo folder is ready at {folder}") from err
+    try:
+        commit = api.upload_folder(repo_id=repo.repo_id, repo_type=repo_type, folder_path=str(folder),
+                                   commit_message=commit_message or f"Upload {repo_type} with hf-model publish")
+    except Exception as err:
+        raise PublishError(f"the {repo_type} repo {repo.repo_id} exists ({repo}) but the upload failed: "
+                           f"{explain(err)}. No commit was made, so the repo is unchanged; rerun the same command "
+                           f"to retry (the folder {folder} is kept)") from err
+    return commit.commit_url
+
+
+def explain(err: Exception) -> str:
+    """One line on what went wrong with the Hub, and what to do about it."""
+    if isinstance(err, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set; unset it (or set HF_HUB_OFFLINE=0) to publish"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        if status == 401:
+            return "the token was refused (401): check HF_TOKEN or run `hf auth login` again"
+        if status == 403:
+            return "the token may not write there (403): use a token with write access to that user or organization"
+        return f"the Hub answered {status}: {err}"
+    if isinstance(err, HTTPError | OSError):
+        return f"the Hub cannot be reached (no network?): {type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {err}"

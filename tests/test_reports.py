@@ -1,0 +1,216 @@
+"""Plots and model card: hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from hf_model import reports
+
+# Two stages: stage 1 ran epochs 1-2, stage 2 (its own Trainer, epochs offset by 2) ran epochs 3-4.
+LOG_HISTORY = [
+    {"epoch": 1.0, "loss": 0.9, "step": 10},
+    {"epoch": 1.0, "eval_loss": 0.8, "eval_accuracy": 0.6, "eval_f1_macro": 0.5, "step": 10},
+    {"epoch": 2.0, "loss": 0.7, "step": 20},
+    {"epoch": 2.0, "eval_loss": 0.6, "eval_accuracy": 0.7, "eval_f1_macro": 0.65, "step": 20},
+    {"epoch": 2.0, "train_loss": 0.8, "train_runtime": 3.0, "step": 20},  # the stage's summary, not a point
+    {"epoch": 3.0, "loss": 0.4, "step": 30},
+    {"epoch": 3.0, "eval_loss": 0.5, "eval_accuracy": 0.8, "eval_f1_macro": 0.75, "step": 30},
+    {"epoch": 4.0, "loss": 0.3, "step": 40},
+    {"epoch": 4.0, "eval_loss": 0.45, "eval_accuracy": 0.85, "eval_f1_macro": 0.8, "step": 40},
+    {"test_loss": 0.5, "test_accuracy": 0.8},  # trainer.evaluate(..., metric_key_prefix="test") has no epoch
+]
+METRICS = {
+    "test_accuracy": 0.7948717948717948,
+    "test_f1_macro": 0.7833333333333333,
+    "test_roc_auc": 0.836111111111111,
+    "test_loss": 0.51,
+    "test_per_class": {
+        "Modern": {"precision": 0.7333, "recall": 0.7333, "f1": 0.7333, "support": 15},
+        "Old": {"precision": 0.8333, "recall": 0.8333, "f1": 0.8333, "support": 24},
+    },
+    "test_confusion_matrix": [[11, 4], [4, 20]],
+}
+COMMAND = "python train.py --preset bedrooms --data_dir ../shared/data/bedrooms --output_dir runs/bedrooms"
+
+
+def write_card(output_dir, metrics=METRICS, label_names=("Modern", "Old"), plots=(), **overrides):
+    kwargs = dict(base_model="timm/tf_efficientnet_lite0.in1k", dataset=None, metrics=metrics, command=COMMAND,
+                  hyperparameters={"learning_rate": 3e-4, "num_train_epochs": 12}, label_names=list(label_names),
+                  plots=list(plots), label_source="labels.csv (labels by file name)",
+                  split_sizes={"train": 289, "validation": 58, "test": 39})
+    return reports.write_model_card(output_dir, **{**kwargs, **overrides})
+
+
+# ---------------------------------------------------------------- learning curves
+
+def test_learning_curve_series_reads_losses_and_metrics_per_epoch():
+    series = reports.learning_curve_series(LOG_HISTORY)
+    assert series["train loss"] == ([1.0, 2.0, 3.0, 4.0], [0.9, 0.7, 0.4, 0.3])
+    assert series["validation loss"] == ([1.0, 2.0, 3.0, 4.0], [0.8, 0.6, 0.5, 0.45])
+    assert series["validation accuracy"][1] == [0.6, 0.7, 0.8, 0.85]
+    assert series["validation macro-F1"][1] == [0.5, 0.65, 0.75, 0.8]
+    assert "validation top-5 accuracy" not in series
+
+
+def test_learning_curves_png_is_a_valid_image(tmp_path):
+    path = reports.plot_learning_curves(LOG_HISTORY, tmp_path / "plots" / reports.LEARNING_CURVES_PNG, [2.0])
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.width > 400 and image.height > 200
+
+
+def test_stage_boundary_is_a_dashed_line_on_both_panels():
+    fig = reports.draw_learning_curves(LOG_HISTORY, stage_boundaries=[2.0])
+    loss_panel, metric_panel = fig.axes
+    for ax in (loss_panel, metric_panel):
+        dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+        assert [list(line.get_xdata()) for line in dashed] == [[2.0, 2.0]]
+        assert any("stage 2" in text.get_text() for text in ax.texts)
+    assert {line.get_label() for line in loss_panel.lines} >= {"train loss", "validation loss"}
+    assert {line.get_label() for line in metric_panel.lines} >= {"validation accuracy", "validation macro-F1"}
+
+
+def test_no_stage_boundary_draws_no_dashed_line():
+    fig = reports.draw_learning_curves(LOG_HISTORY)
+    assert not [line for ax in fig.axes for line in ax.lines if line.get_linestyle() == "--"]
+
+
+def test_learning_curves_without_logged_epochs_say_so():
+    with pytest.raises(ValueError, match="log_history"):
+        reports.draw_learning_curves([{"train_runtime": 3.0}])
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+def test_normalized_rows_sum_to_one_and_empty_rows_stay_zero():
+    shares = reports.normalize_rows([[11, 4], [4, 20], [0, 0]])
+    np.testing.assert_allclose(shares[:2].sum(axis=1), [1.0, 1.0])
+    np.testing.assert_allclose(shares[0], [11 / 15, 4 / 15])
+    assert shares[2].tolist() == [0.0, 0.0]
+
+
+def test_confusion_matrix_draws_the_row_shares_with_counts():
+    fig = reports.draw_confusion_matrix([[11, 4], [4, 20]], ["Modern", "Old"])
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[11 / 15, 4 / 15], [4 / 24, 20 / 24]])
+    assert "0.73\n(11)" in [text.get_text() for text in ax.texts]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["Modern (n=15)", "Old (n=24)"]
+
+
+def test_top_confusions_are_the_most_frequent_off_diagonal_pairs():
+    matrix = [[9, 1, 5],
+              [0, 7, 0],
+              [2, 3, 8]]
+    assert reports.top_confusions(matrix, ["a", "b", "c"], top=3) == [("a", "c", 5), ("c", "b", 3), ("c", "a", 2)]
+    assert reports.top_confusions(np.eye(3, dtype=int), ["a", "b", "c"]) == []
+
+
+def test_many_classes_get_the_top_confusions_chart(tmp_path, monkeypatch):
+    n = 30
+    matrix = np.eye(n, dtype=int) * 4
+    matrix[3, 9] = 6
+    names = [f"class {i}" for i in range(n)]
+    fig = reports.draw_top_confusions(matrix, names)
+    assert [label.get_text() for label in fig.axes[0].get_yticklabels()] == ["class 3 → class 9"]
+    drawn = []
+    monkeypatch.setattr(reports, "draw_top_confusions", lambda *args: drawn.append(args) or fig)
+    path = reports.plot_confusion_matrix(matrix, names, tmp_path / "cm.png", max_classes=20)
+    assert drawn and path.stat().st_size > 0
+
+
+# ---------------------------------------------------------------- top losses
+
+def test_top_losses_are_the_wrong_predictions_worst_first():
+    true = ["a", "a", "b", "b", "a"]
+    pred = ["a", "b", "a", "b", "b"]
+    p_pred = [0.99, 0.6, 0.9, 0.8, 0.7]
+    assert reports.select_top_losses(true, pred, p_pred) == [2, 4, 1]  # the correct 0 and 3 are left out
+    assert reports.select_top_losses(true, pred, p_pred, k=2, losses=[0, 5.0, 1.0, 0, 3.0]) == [1, 4]
+
+
+def test_top_losses_grid_titles_name_true_predicted_and_p(tmp_path):
+    images = [Image.new("RGB", (40, 30), color) for color in ("red", "green", "blue")]
+    fig = reports.draw_top_losses(images, ["Old", "Modern", "Old"], ["Modern", "Modern", "Modern"], [0.9, 0.8, 0.6])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["true: Old\npred: Modern\np = 0.90", "true: Old\npred: Modern\np = 0.60"]
+    path = reports.plot_top_losses(images, ["Old", "Modern", "Old"], ["Modern", "Modern", "Modern"],
+                                   [0.9, 0.8, 0.6], tmp_path / reports.TOP_LOSSES_PNG)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+def test_top_losses_with_no_mistakes_still_writes_a_png(tmp_path):
+    fig = reports.draw_top_losses([Image.new("RGB", (8, 8))], ["a"], ["a"], [0.9])
+    assert fig.get_suptitle() == "No mistakes on the test split"
+    path = reports.plot_top_losses([Image.new("RGB", (8, 8))], ["a"], ["a"], [0.9], tmp_path / "t.png")
+    assert path.stat().st_size > 0
+
+
+# ---------------------------------------------------------------- model card
+
+def test_wilson_interval_matches_known_values():
+    low, high = reports.wilson_interval(0.5, 10)
+    assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
+    assert reports.wilson_interval(1.0, 20) == (pytest.approx(0.8389, abs=1e-4), 1.0)
+
+
+def test_card_yaml_has_pipeline_tag_base_model_and_exact_test_metrics(tmp_path):
+    write_card(tmp_path, model_name="bedrooms-test")
+    card = ModelCard.load(tmp_path / "README.md")
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "image-classification"
+    assert data["library_name"] == "transformers"
+    assert data["base_model"] == "timm/tf_efficientnet_lite0.in1k"
+    assert data["license"] == "apache-2.0"
+    (index,) = data["model-index"]
+    assert index["name"] == "bedrooms-test"
+    (result,) = index["results"]
+    assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "test"
+    values = {metric["type"]: metric["value"] for metric in result["metrics"]}
+    assert values == {"accuracy": METRICS["test_accuracy"], "f1": METRICS["test_f1_macro"],
+                      "roc_auc": METRICS["test_roc_auc"]}
+
+
+def test_card_reports_top5_and_hub_dataset_when_present(tmp_path):
+    metrics = {"test_accuracy": 0.9, "test_f1_macro": 0.85, "test_roc_auc": 0.99, "test_top5_accuracy": 0.97}
+    write_card(tmp_path, metrics=metrics, label_names=[f"bird {i}" for i in range(8)], dataset="someone/birds")
+    data = ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert data["datasets"] == ["someone/birds"]
+    metrics_in_index = data["model-index"][0]["results"][0]["metrics"]
+    assert {"type": "top_k_accuracy", "value": 0.97, "name": "Top-5 accuracy", "args": {"k": 5}} in metrics_in_index
+
+
+def test_card_text_has_usage_results_command_plots_and_limits(tmp_path):
+    for name in (reports.LEARNING_CURVES_PNG, reports.CONFUSION_MATRIX_PNG):
+        (tmp_path / name).write_bytes(b"png")
+    card = write_card(tmp_path, plots=[reports.LEARNING_CURVES_PNG, reports.CONFUSION_MATRIX_PNG],
+                      model_id="someone/bedrooms", limitations="Trained on listing photos only.")
+    text = (tmp_path / "README.md").read_text()
+    assert text == str(card)
+    assert 'pipeline("image-classification", model="someone/bedrooms")' in text
+    assert f"```bash\n{COMMAND}\n```" in text
+    assert "| Modern | 0.733 | 0.733 | 0.733 | 15 |" in text
+    assert "| learning_rate | 0.0003 |" in text
+    assert "](learning_curves.png)" in text and "](confusion_matrix.png)" in text
+    low, high = reports.wilson_interval(METRICS["test_accuracy"], 39)
+    assert f"{low:.3f}–{high:.3f}" in text and "39 photos" in text
+    assert "Label noise" in text and "Out-of-domain" in text and "Trained on listing photos only." in text
+
+
+def test_per_class_table_is_capped_and_says_how_many_are_omitted():
+    per_class = {f"c{i}": {"precision": 1.0, "recall": 1.0, "f1": i / 40, "support": 2} for i in range(40)}
+    table = reports.per_class_table(per_class, limit=30)
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]  # after the header
+    assert len(rows) == 30 and rows[0].startswith("| c0 |")  # lowest F1 first
+    assert "| c35 |" not in table
+    assert "10 more are omitted" in table
+
+
+def test_card_refuses_a_plot_that_is_not_in_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="top_losses.png"):
+        write_card(tmp_path, plots=[reports.TOP_LOSSES_PNG])
+    assert not (tmp_path / "README.md").exists()
