@@ -56,10 +56,16 @@ def build_dataset(
     split_fractions: Sequence[float] = (0.76, 0.14, 0.10),
     seed: int = 42,
     skip_bad_images: bool = False,
+    cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
-    """Build the train/validation/test (and, for bedrooms, unlabeled) splits from a folder or a Hub id."""
+    """Build the train/validation/test (and, for bedrooms, unlabeled) splits from a folder or a Hub id.
+
+    ``cv_fold=(i, k)`` makes fold ``i`` of a stratified grouped ``k``-fold split the test set (for
+    cross-validation); validation is then carved from the rest in the train:validation ratio.
+    """
     if dataset_name:
-        return build_hub_dataset(dataset_name, image_column, label_column, split_fractions, seed, skip_bad_images)
+        return build_hub_dataset(dataset_name, image_column, label_column, split_fractions, seed, skip_bad_images,
+                                 cv_fold)
     if not data_dir:
         raise ValueError("give a --data_dir (a folder of photos) or a --dataset (a Hub dataset id)")
     layout = detect_layout(data_dir)
@@ -68,8 +74,8 @@ def build_dataset(
     elif layout == "birds":
         found = read_birds_csv(data_dir)
     else:
-        return build_imagefolder_dataset(data_dir, split_fractions, seed, skip_bad_images)
-    return split_labeled_files(found, split_fractions, seed, skip_bad_images)
+        return build_imagefolder_dataset(data_dir, split_fractions, seed, skip_bad_images, cv_fold)
+    return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
 
 
 def detect_layout(data_dir: str | Path) -> str:
@@ -167,7 +173,8 @@ def read_birds_csv(data_dir: str | Path) -> LabeledFiles:
 
 
 def split_labeled_files(
-    found: LabeledFiles, split_fractions: Sequence[float], seed: int, skip_bad_images: bool
+    found: LabeledFiles, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
+    cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
     """Check every photo, group near-duplicates, and make the stratified grouped splits."""
     files, labels = found.files, np.asarray(found.labels)
@@ -175,7 +182,7 @@ def split_labeled_files(
     n = len(files)
     keep = good[:n]
     groups = near_duplicate_groups(hashes)
-    split_ids = stratified_group_split(labels[keep], groups[:n][keep], split_fractions, seed)
+    split_ids = stratified_group_split(labels[keep], groups[:n][keep], split_fractions, seed, cv_fold)
     features = Features({"image": Image(), "label": ClassLabel(names=found.class_names)})
     kept_files = [f for f, ok in zip(files, keep) if ok]
     out = DatasetDict()
@@ -194,7 +201,8 @@ def split_labeled_files(
 
 
 def build_imagefolder_dataset(
-    data_dir: str | Path, split_fractions: Sequence[float], seed: int, skip_bad_images: bool
+    data_dir: str | Path, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
+    cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
     """``class_name/*.jpg`` trees (optionally already split into train/validation/test folders)."""
     loaded = load_dataset("imagefolder", data_dir=str(data_dir))
@@ -203,12 +211,12 @@ def build_imagefolder_dataset(
             raise ValueError(f"{data_dir}: no class folders found; expected {data_dir}/<class name>/<photo>.jpg")
     loaded = loaded.cast_column("image", Image(decode=False))
     class_names = loaded[next(iter(loaded))].features["label"].names
-    if set(loaded) >= {"train", "test"}:
+    if set(loaded) >= {"train", "test"} and cv_fold is None:
         return _check_presplit(loaded, class_names, skip_bad_images)
     merged = [ex for split in loaded.values() for ex in split]
     found = LabeledFiles([ex["image"]["path"] for ex in merged], [ex["label"] for ex in merged],
                          class_names, [], f"folder names under {data_dir}")
-    return split_labeled_files(found, split_fractions, seed, skip_bad_images)
+    return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
 
 
 def _check_presplit(loaded: DatasetDict, class_names: list[str], skip_bad_images: bool) -> DatasetDict:
@@ -226,7 +234,7 @@ def _check_presplit(loaded: DatasetDict, class_names: list[str], skip_bad_images
 
 def build_hub_dataset(
     name: str, image_column: str, label_column: str, split_fractions: Sequence[float], seed: int,
-    skip_bad_images: bool,
+    skip_bad_images: bool, cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
     """A Hub dataset with an image and a label column; its own splits are kept when it has them."""
     loaded = load_dataset(name)
@@ -242,14 +250,15 @@ def build_hub_dataset(
     loaded = loaded.cast_column("image", Image())
     if "validation" not in loaded and "valid" in loaded:
         loaded["validation"] = loaded.pop("valid")
-    if all(s in loaded for s in SPLITS):
+    if all(s in loaded for s in SPLITS) and cv_fold is None:
         out = DatasetDict({s: loaded[s] for s in SPLITS})
     else:
         everything = _concatenate(list(loaded.values()))
         hashes, good = scan_images(everything["image"], skip_bad_images)
         labels = np.asarray(everything["label"])
         ids = np.flatnonzero(good)
-        split_ids = stratified_group_split(labels[ids], near_duplicate_groups(hashes)[ids], split_fractions, seed)
+        split_ids = stratified_group_split(labels[ids], near_duplicate_groups(hashes)[ids], split_fractions, seed,
+                                           cv_fold)
         out = DatasetDict({s: everything.select(ids[i]) for s, i in zip(SPLITS, split_ids)})
     out.label_source = f"Hub dataset {name} (column {label_column!r})"
     return out
@@ -318,9 +327,13 @@ def near_duplicate_groups(hashes: np.ndarray, max_bits: int = NEAR_DUPLICATE_BIT
 
 
 def stratified_group_split(
-    labels: np.ndarray, groups: np.ndarray, split_fractions: Sequence[float], seed: int
+    labels: np.ndarray, groups: np.ndarray, split_fractions: Sequence[float], seed: int,
+    cv_fold: tuple[int, int] | None = None,
 ) -> list[np.ndarray]:
-    """Indices of train/validation/test: stratified by label, no group in two splits, seeded."""
+    """Indices of train/validation/test: stratified by label, no group in two splits, seeded.
+
+    With ``cv_fold=(i, k)`` the test set is fold ``i`` of ``k`` instead of a ``split_fractions`` share.
+    """
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
     fractions = np.asarray(split_fractions, dtype=float)
@@ -352,6 +365,14 @@ def stratified_group_split(
         return idx[rest], idx[held]
 
     everything = np.arange(len(labels))
-    rest, test = hold_out(everything, fractions[2], seed)
-    train, validation = hold_out(rest, fractions[1] / (1 - fractions[2]), seed + 1)
+    if cv_fold is None:
+        rest, test = hold_out(everything, fractions[2], seed)
+    else:
+        fold, n_folds = cv_fold
+        if not 0 <= fold < n_folds:
+            raise ValueError(f"cross-validation fold {fold} is not in 0..{n_folds - 1}")
+        splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
+            everything, labels, groups)
+        rest, test = list(splits)[fold]
+    train, validation = hold_out(rest, fractions[1] / (fractions[0] + fractions[1]), seed + 1)
     return [np.sort(train), np.sort(validation), np.sort(test)]

@@ -246,7 +246,7 @@ Trained with this exact command:
 """
 
 
-def write_model_card(output_dir: str | Path, *, base_model: str, dataset: str | None, metrics: dict, command: str,
+def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset: str | None, metrics: dict, command: str,
                      hyperparameters: dict, label_names: Sequence[str], plots: Sequence[str], label_source: str,
                      split_sizes: dict[str, int], license: str = "apache-2.0", limitations: str | None = None,
                      model_name: str | None = None, model_id: str | None = None) -> ModelCard:
@@ -325,8 +325,11 @@ def count_test_photos(metrics: dict, split_sizes: dict[str, int]) -> int | None:
     return sum(c["support"] for c in per_class.values()) if per_class else split_sizes.get("test")
 
 
-def _summary(base_model: str, dataset: str | None, label_names: Sequence[str]) -> str:
-    base = f"[{base_model}](https://huggingface.co/{base_model})" if base_model.count("/") == 1 else base_model
+def _summary(base_model: str | None, dataset: str | None, label_names: Sequence[str]) -> str:
+    if not base_model:
+        base = "a pretrained backbone from a local folder"
+    else:
+        base = f"[{base_model}](https://huggingface.co/{base_model})" if base_model.count("/") == 1 else base_model
     data = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else "a local folder of photos"
     return (f"An image classifier fine-tuned from {base} on {data}. It sorts a photo into one of "
             f"{len(label_names)} classes: {_names(label_names)}.")

@@ -17,7 +17,8 @@ from hf_model.training import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
-        "--split_fractions", "0.5", "0.25", "0.25", "--dataloader_pin_memory", "false"]
+        "--split_fractions", "0.5", "0.25", "0.25", "--dataloader_pin_memory", "false", "--head_epochs", "3",
+        "--feature_views", "2"]
 
 
 def test_preset_sets_defaults_and_flags_win():
@@ -37,7 +38,7 @@ def test_missing_data_source_is_a_clear_error(capsys):
 def test_train_writes_a_folder_pipeline_loads(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "run"
     metrics = main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
-                    "--learning_rate", "0.01", *FAST])
+                    "--learning_rate", "0.01", "--cache_dir", str(tmp_path / "cache"), "--tta", *FAST])
     results = json.loads((out / "all_results.json").read_text())
     assert results["test_accuracy"] == metrics["test_accuracy"]
     assert set(results["test_per_class"]) == {"blue", "red"}
@@ -48,16 +49,55 @@ def test_train_writes_a_folder_pipeline_loads(image_folder, tiny_convnext, tmp_p
     assert run["config"]["backbone"] == tiny_convnext and "--data_dir" in run["command"]
     answer = pipeline("image-classification", model=str(out))(str(next((image_folder / "red").iterdir())))
     assert {p["label"] for p in answer} == {"blue", "red"}
+    assert "test_accuracy_without_tta" in results
+
+
+def test_two_stages_log_both_and_write_plots_and_card(image_folder, tiny_convnext, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "run"
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+          "--cache_dir", str(tmp_path / "cache"), *FAST])
+    history = json.loads((out / "log_history.json").read_text())
+    stage1 = [e for e in history if e.get("stage") == 1 and "eval_loss" in e]
+    stage2 = [e for e in history if e.get("stage") == 2 and "eval_loss" in e]
+    assert stage1 and stage2 and stage2[0]["epoch"] > stage1[-1]["epoch"]  # one continuous epoch axis
+    assert list((tmp_path / "cache" / "features").rglob("*.npy"))  # stage 1 ran on cached features
+    for png in ("learning_curves.png", "confusion_matrix.png", "top_losses.png"):
+        assert (out / png).stat().st_size > 1000
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "image-classification"
+    assert "python train.py" in card.text and "learning_curves.png" in card.text
+
+
+def test_plain_stage1_path_trains_the_head_on_images(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "run"
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+          "--no_feature_cache", "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert (out / "stage1").is_dir() and not (tmp_path / "cache" / "features").exists()
+    sizes = json.loads((out / "hf_model_config.json").read_text())["split_sizes"]
+    assert json.loads((out / "all_results.json").read_text())["test_samples"] == sizes["test"] > 0
+
+
+def test_cross_validation_tests_every_photo_once(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "cv"
+    summary = main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+                    "--cv_folds", "3", "--stages", "1", "--unfreeze_top_blocks", "0",
+                    "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert summary["photos"] == 24
+    saved = json.loads((out / "cv_results.json").read_text())
+    assert len(saved["accuracy"]["folds"]) == 3
+    assert saved["accuracy"]["mean"] == pytest.approx(sum(saved["accuracy"]["folds"]) / 3)
 
 
 def test_rerun_resumes_from_the_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
     out = tmp_path / "run"
     args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), *FAST]
-    main(args)
+    main([*args, "--cache_dir", str(tmp_path / "cache")])
     checkpoints = sorted(out.glob("checkpoint-*"))
     assert checkpoints
     caplog.set_level("INFO", logger="hf_model")
-    main([*args, "--num_train_epochs", "3"])
+    main([*args, "--num_train_epochs", "3", "--cache_dir", str(tmp_path / "cache")])
     assert f"resuming from {checkpoints[-1]}" in caplog.text
 
 
@@ -66,7 +106,7 @@ def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            str(ROOT / "train.py"), "--data_dir", str(image_folder), "--backbone", tiny_convnext,
-           "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true", *FAST]
+           "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true", "--stages", "1", *FAST]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
@@ -80,7 +120,7 @@ def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_p
 def test_short_real_fine_tune_answers_modern_or_old(tmp_path):
     out = tmp_path / "bedrooms"
     main(["--preset", "bedrooms", "--data_dir", str(SHARED_DATA / "bedrooms"), "--output_dir", str(out),
-          "--max_steps", "3", "--image_size", "128", "--dataloader_pin_memory", "false"])
+          "--max_steps", "3", "--image_size", "128", "--dataloader_pin_memory", "false", "--stages", "1"])
     classifier = pipeline("image-classification", model=str(out))
     answer = classifier(str(SHARED_DATA / "bedrooms" / "bed_1.jpg"))
     assert {p["label"] for p in answer} == {"Modern", "Old"}

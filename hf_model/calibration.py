@@ -1,0 +1,135 @@
+"""Calibrate when a trained model should say "this is not a bedroom" or "I am unsure", and store it.
+
+``calibrate("runs/bedrooms", ["../shared/data/rooms_other"])`` rebuilds the run's own splits
+(from ``hf_model_config.json``), then:
+
+1. runs the ImageNet gate (:class:`hf_model.serving.DomainGate`) over the training photos: their mean
+   ImageNet class probabilities are the task's *profile*;
+2. picks the domain threshold on the validation photos (in domain) against every other photo of the
+   out-of-domain folders: the threshold that best separates them (Youden's J) while rejecting at most
+   ``max_in_domain_rejection`` of the validation photos;
+3. reports how often that threshold rejects photos neither choice saw: the test split and the
+   unlabeled photos (in domain) against the other half of the out-of-domain photos;
+4. writes ``calibration.json`` into the model folder, where :class:`hf_model.serving.Classifier` reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from datasets import Image as ImageFeature
+
+from hf_model.backbones import DEFAULT_BACKBONE
+from hf_model.data import IMAGE_SUFFIXES, build_dataset
+from hf_model.serving import DEFAULT_UNSURE_BELOW, Calibration, Classifier, domain_scores, load_gate, open_photo
+from hf_model.training import RUN_CONFIG_FILE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 42  # TrainingArguments' default, which decides the splits when the run config has no seed
+MAX_IN_DOMAIN_REJECTION = 0.05
+
+
+def calibrate(
+    model_dir: str | Path,
+    out_of_domain_dirs: list[str | Path],
+    *,
+    data_dir: str | Path | None = None,
+    gate_backbone: str = DEFAULT_BACKBONE,
+    max_in_domain_rejection: float = MAX_IN_DOMAIN_REJECTION,
+    unsure_below: float = DEFAULT_UNSURE_BELOW,
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> dict:
+    """Choose and save the thresholds of ``model_dir``; returns the report stored with them."""
+    record = json.loads((Path(model_dir) / RUN_CONFIG_FILE).read_text())
+    data = build_dataset(
+        str(data_dir or record["config"]["data_dir"]),
+        split_fractions=record["config"]["split_fractions"],
+        seed=record.get("seed", DEFAULT_SEED),
+    )
+    others = out_of_domain_photos(out_of_domain_dirs)
+    if len(others) < 2:
+        raise ValueError(f"need at least 2 out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}")
+    sets = {split: split_photos(data[split])[:limit] for split in data}
+    sets["other_calibration"] = others[0::2][:limit]  # interleaved, so that each room type is in both halves
+    sets["other_held_out"] = others[1::2][:limit]
+
+    gate = load_gate(gate_backbone)
+    probs = {name: _batched(gate.imagenet_probabilities, images, batch_size) for name, images in sets.items()}
+    profile = probs.pop("train").mean(axis=0)
+    scores = {name: domain_scores(p, profile) for name, p in probs.items()}
+    threshold = choose_threshold(scores["validation"], scores["other_calibration"], max_in_domain_rejection)
+
+    unseen_in_domain = np.concatenate([s for name, s in scores.items() if name in data and name != "validation"])
+    report = {
+        "summary": (
+            f"on photos not used to choose it, the threshold turns away "
+            f"{np.mean(scores['other_held_out'] < threshold):.0%} of {len(scores['other_held_out'])} out-of-domain "
+            f"photos ({', '.join(Path(d).name for d in out_of_domain_dirs)}) and "
+            f"{np.mean(unseen_in_domain < threshold):.0%} of {len(unseen_in_domain)} in-domain photos"
+        ),
+        "threshold_chosen_on": {
+            "in_domain": f"validation ({len(scores['validation'])} photos)",
+            "out_of_domain": f"other_calibration ({len(scores['other_calibration'])} photos)",
+        },
+        "rejected": {name: rejection(s, threshold) for name, s in scores.items()},
+        "unsure": unsure_report(Classifier.from_pretrained(str(model_dir)), data["validation"], unsure_below, limit),
+        "out_of_domain_dirs": [str(d) for d in out_of_domain_dirs],
+    }
+    calibration = Calibration(gate_backbone, [round(float(p), 7) for p in profile], threshold, unsure_below, report)
+    logger.info("wrote %s: %s", calibration.save(model_dir), json.dumps(report["rejected"]))
+    return report
+
+
+def choose_threshold(in_domain: np.ndarray, out_of_domain: np.ndarray, max_in_domain_rejection: float) -> float:
+    """The score below which photos are rejected: best J = out rejected - in rejected, within the cap."""
+    in_domain, out_of_domain = np.sort(in_domain), np.sort(out_of_domain)
+    candidates = np.unique(np.concatenate([in_domain, out_of_domain, [np.inf]]))  # a photo at t is accepted
+    in_rejected = np.searchsorted(in_domain, candidates, side="left") / len(in_domain)
+    out_rejected = np.searchsorted(out_of_domain, candidates, side="left") / len(out_of_domain)
+    j = np.where(in_rejected <= max_in_domain_rejection, out_rejected - in_rejected, -np.inf)
+    return float(candidates[np.argmax(j)])  # argmax takes the first, lowest, of equal thresholds
+
+
+def rejection(scores: np.ndarray, threshold: float) -> dict:
+    return {"photos": len(scores), "rejected": round(float(np.mean(scores < threshold)), 4)}
+
+
+def unsure_report(classifier: Classifier, validation, unsure_below: float, limit: int | None) -> dict:
+    """How many validation photos the model calls unsure, and how often it is right on each side."""
+    photos, labels = split_photos(validation)[:limit], np.asarray(validation["label"][:limit])
+    probs = _batched(classifier.probabilities, photos, 32)
+    right, unsure = probs.argmax(axis=1) == labels, probs.max(axis=1) < unsure_below
+    return {
+        "unsure_below": unsure_below,
+        "unsure_share": round(float(unsure.mean()), 4),
+        "accuracy_when_sure": round(float(right[~unsure].mean()), 4) if (~unsure).any() else None,
+        "accuracy_when_unsure": round(float(right[unsure].mean()), 4) if unsure.any() else None,
+    }
+
+
+def out_of_domain_photos(folders: list[str | Path]) -> list[Path]:
+    """Every image file under the folders, in a stable order."""
+    photos = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"out-of-domain folder {folder} does not exist")
+        photos += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return photos
+
+
+def split_photos(split) -> list:
+    """A split's photos as paths (or bytes for Hub datasets), opened later batch by batch like uploads."""
+    files = split.cast_column("image", ImageFeature(decode=False))["image"]
+    return [f["path"] if f.get("path") and Path(f["path"]).is_file() else io.BytesIO(f["bytes"]) for f in files]
+
+
+def _batched(fn, photos: list, batch_size: int) -> np.ndarray:
+    """``fn`` over the photos, opened with serving's ``open_photo`` so they look exactly like uploads."""
+    batches = [fn([open_photo(p) for p in photos[i : i + batch_size]]) for i in range(0, len(photos), batch_size)]
+    return np.concatenate(batches)

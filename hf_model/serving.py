@@ -1,0 +1,278 @@
+"""Serving: load a trained classifier once, then answer one photo at a time (the Space's engine).
+
+- :func:`open_photo` turns any upload into an upright RGB image, or raises :class:`UnreadablePhotoError`
+  with a sentence a person can act on (not an image, damaged, too big, too small).
+- :class:`Classifier` loads a model folder or Hub id with its :class:`Calibration` (``calibration.json``
+  beside ``config.json``, written by :mod:`hf_model.calibration`) and returns a :class:`Prediction`:
+  the top-k scores, a verdict (sure, unsure, out of domain), one plain sentence and an optional heat map.
+- Out of domain: a generic ImageNet classifier (the :class:`DomainGate`) says what the photo shows; the
+  photo is in domain when those ImageNet classes overlap the ones the training photos got.
+- Heat map: Grad-CAM on the model's last convolutional feature map (timm CNNs through ``timm_wrapper``,
+  and HF-native CNNs such as ConvNeXt and EfficientNet).
+
+Only runtime dependencies are imported here (torch, transformers, timm, PIL, numpy): the Space runs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
+from hf_model.transforms import normalization, to_rgb
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_UNSURE_BELOW = 0.6  # top class under 60%: the model says it is unsure
+VERY_SURE_FROM = 0.9
+# Photos above PIL's decompression-bomb limit (~89 megapixels) are refused; big JPEGs are decoded
+# at a reduced scale (Image.draft), which is much faster and still far above the model's input size.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+DRAFT_SIDE = 1024
+MIN_SIDE = 16
+HEATMAP_SIDE = 448
+SURE, UNSURE, OUT_OF_DOMAIN = "sure", "unsure", "out_of_domain"
+
+
+class UnreadablePhotoError(ValueError):
+    """An upload that cannot be classified; the message says why and what to do."""
+
+
+def open_photo(source) -> Image.Image:
+    """An upright RGB image from a path, file object or PIL image; EXIF rotation, RGBA, CMYK, P and L handled."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise UnreadablePhotoError(
+                f"This image is too big to classify (over {MAX_PIXELS / 1e6:.0f} megapixels). "
+                "Please resize it and try again."
+            ) from err
+        except (UnidentifiedImageError, IsADirectoryError, ValueError) as err:
+            raise UnreadablePhotoError(
+                "This file is not an image the demo can read. Please upload a photo (JPEG, PNG, WebP, ...)."
+            ) from err
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise UnreadablePhotoError(
+            f"This image is too big to classify ({width} x {height} pixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels). Please resize it and try again."
+        )
+    image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))  # JPEG only; a no-op for other formats
+    try:
+        image.load()
+    except OSError as err:  # truncated or corrupt data
+        raise UnreadablePhotoError(
+            "This image file is damaged or incomplete and cannot be decoded. Please upload it again."
+        ) from err
+    image = to_rgb(image)
+    if min(image.size) < MIN_SIDE:
+        raise UnreadablePhotoError(
+            f"This image is too small to classify ({image.size[0]} x {image.size[1]} pixels; "
+            f"it needs at least {MIN_SIDE} pixels a side)."
+        )
+    return image
+
+
+@dataclass
+class Prediction:
+    """What the model says about one photo."""
+
+    scores: dict[str, float]  # the top-k labels and their probabilities, best first
+    verdict: str  # SURE, UNSURE or OUT_OF_DOMAIN
+    message: str  # one plain sentence for people
+    domain_score: float | None = None  # None when the model has no calibration
+    heatmap: Image.Image | None = None  # Grad-CAM over what the model saw
+
+
+@dataclass
+class Calibration:
+    """The out-of-domain threshold and the 'unsure' level of one model, stored as ``calibration.json``."""
+
+    gate_backbone: str  # the ImageNet classifier that says what a photo shows (a backbones registry name)
+    profile: list[float]  # mean ImageNet class probabilities over the training photos
+    domain_threshold: float  # photos whose domain score is below this are out of domain
+    unsure_below: float = DEFAULT_UNSURE_BELOW
+    report: dict = field(default_factory=dict)  # how often the thresholds reject what (calibration.py)
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / CALIBRATION_FILE
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Calibration | None:
+        path = Path(model_dir) / CALIBRATION_FILE
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+class DomainGate:
+    """A pretrained ImageNet classifier used as a generic judge of what a photo shows.
+
+    The domain score of a photo is ``p @ profile``: the chance that the photo and a random training
+    photo get the same ImageNet class. Bedrooms land on four-poster, quilt, studio couch; a kitchen
+    lands on microwave or dining table and scores low against a bedroom profile.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE):
+        from transformers import AutoModelForImageClassification
+
+        source = resolve_backbone(backbone)
+        self.model = _for_inference(AutoModelForImageClassification.from_pretrained(source))
+        self.processor = load_image_processor(source, self.model.config)
+
+    def imagenet_probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        pixels = _pixels(self.processor, images)
+        with torch.inference_mode():
+            return self.model(pixels).logits.softmax(-1).float().numpy()
+
+
+@functools.cache
+def load_gate(backbone: str = DEFAULT_BACKBONE) -> DomainGate:
+    """One gate per backbone per process, shared by every task that uses it."""
+    return DomainGate(backbone)
+
+
+def domain_scores(imagenet_probabilities: np.ndarray, profile) -> np.ndarray:
+    return imagenet_probabilities @ np.asarray(profile, dtype=np.float32)
+
+
+class Classifier:
+    """A trained image classifier ready to serve: scores, verdict, sentence and heat map for one photo."""
+
+    def __init__(self, model, processor, calibration: Calibration | None = None, subject: str = "the training photos"):
+        self.model = _for_inference(model)
+        self.processor = processor
+        self.calibration = calibration
+        self.gate = load_gate(calibration.gate_backbone) if calibration else None
+        self.subject = subject  # what the photos should show, e.g. "a bedroom"
+        self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+    @classmethod
+    def from_pretrained(cls, source: str, subject: str = "the training photos") -> Classifier:
+        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present."""
+        from transformers import AutoModelForImageClassification
+
+        model_dir = Path(source) if Path(source).is_dir() else _download(source)
+        model = AutoModelForImageClassification.from_pretrained(model_dir)
+        calibration = Calibration.load(model_dir)
+        if calibration is None:
+            logger.warning(
+                "%s has no %s: photos will not be checked for being out of domain "
+                "(run hf_model.calibration.calibrate on it)",
+                source,
+                CALIBRATION_FILE,
+            )
+        return cls(model, load_image_processor(str(model_dir), model.config), calibration, subject)
+
+    def probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        """Class probabilities for a batch of RGB images, shape (n, classes)."""
+        with torch.inference_mode():
+            return self.model(_pixels(self.processor, images)).logits.softmax(-1).float().numpy()
+
+    def predict(self, image: Image.Image, top_k: int = 5, heatmap: bool = False) -> Prediction:
+        """Top-k scores, verdict and sentence for one RGB image; a Grad-CAM heat map when asked and in domain."""
+        domain_score = self.domain_score(image)
+        in_domain = domain_score is None or domain_score >= self.calibration.domain_threshold
+        explain = heatmap and in_domain
+        pixels = _pixels(self.processor, [image]).requires_grad_(explain)  # weights are frozen: grads stop here
+        with torch.enable_grad() if explain else torch.inference_mode():
+            logits, feature_map = self.logits_and_feature_map(pixels)
+        probs = logits[0].detach().softmax(-1)
+        top = probs.topk(min(top_k, len(self.labels)))
+        scores = {self.labels[i]: float(p) for p, i in zip(top.values, top.indices.tolist())}
+        unsure_below = self.calibration.unsure_below if self.calibration else DEFAULT_UNSURE_BELOW
+        verdict = OUT_OF_DOMAIN if not in_domain else UNSURE if float(top.values[0]) < unsure_below else SURE
+        overlay = None
+        if explain and feature_map is not None and feature_map.ndim == 4:  # a CNN feature map (B, C, H, W)
+            cam = grad_cam(logits[0, top.indices[0]], feature_map)
+            overlay = overlay_heatmap(model_input_image(self.processor, pixels[0].detach()), cam)
+        return Prediction(scores, verdict, self.sentence(verdict, scores), domain_score, overlay)
+
+    def domain_score(self, image: Image.Image) -> float | None:
+        """How much the photo looks like the training photos to the ImageNet gate; None without calibration."""
+        if self.calibration is None:
+            return None
+        return float(domain_scores(self.gate.imagenet_probabilities([image]), self.calibration.profile)[0])
+
+    def sentence(self, verdict: str, scores: dict[str, float]) -> str:
+        (best, p), *rest = scores.items()
+        if verdict == OUT_OF_DOMAIN:
+            return f"This photo does not look like {self.subject}, so the model gives no answer."
+        if verdict == UNSURE:
+            runner_up = f" or {rest[0][0]} ({rest[0][1]:.0%})" if rest else ""
+            return f"The model is unsure: perhaps {best} ({p:.0%}){runner_up}."
+        return f"The model is {'very' if p >= VERY_SURE_FROM else 'fairly'} sure this is {best} ({p:.0%})."
+
+    def logits_and_feature_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits and the last feature map they were pooled from (None where the model has none)."""
+        model = self.model
+        if model.config.model_type == "timm_wrapper":
+            features = model.timm_model.forward_features(pixels)
+            return model.timm_model.forward_head(features), features
+        outputs = model.base_model(pixels)  # ConvNeXt, EfficientNet, ResNet: classifier(pooler_output)
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is None or not hasattr(model, "classifier"):
+            return model(pixels).logits, None
+        return model.classifier(pooled), outputs.last_hidden_state
+
+
+def grad_cam(class_logit: torch.Tensor, feature_map: torch.Tensor) -> np.ndarray:
+    """Grad-CAM: feature channels weighted by their mean gradient, positive part, scaled to [0, 1]."""
+    (grads,) = torch.autograd.grad(class_logit, feature_map)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * feature_map).sum(dim=1))[0].detach().float()
+    top = cam.max()
+    return (cam / top if top > 0 else cam).numpy()
+
+
+def model_input_image(processor, pixel_values: torch.Tensor) -> Image.Image:
+    """The normalized tensor the model saw, back as an RGB image (the crop, at the model's size)."""
+    mean, std, _ = normalization(processor)
+    pixels = pixel_values.float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+# dark blue -> cyan -> yellow -> red, like the usual "jet"-style heat maps
+_HEAT_COLOURS = np.array([[0, 0, 140], [0, 200, 255], [255, 230, 0], [230, 0, 0]], dtype=np.float32)
+
+
+def overlay_heatmap(photo: Image.Image, cam: np.ndarray, side: int = HEATMAP_SIDE) -> Image.Image:
+    """The heat map blended over the photo: hot regions coloured, cold regions left as they are."""
+    photo = np.asarray(photo.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32)
+    heat = Image.fromarray(cam.astype(np.float32), mode="F").resize((side, side), Image.Resampling.BILINEAR)
+    heat = np.clip(np.asarray(heat), 0, 1)[..., None]
+    stops = np.linspace(0, 1, len(_HEAT_COLOURS))
+    colour = np.stack([np.interp(heat[..., 0], stops, _HEAT_COLOURS[:, c]) for c in range(3)], axis=-1)
+    alpha = 0.65 * heat
+    return Image.fromarray((photo * (1 - alpha) + colour * alpha).round().astype(np.uint8))
+
+
+def _for_inference(model):
+    model.eval().requires_grad_(False)
+    return model.to(memory_format=torch.channels_last)  # roughly 1.5x faster convolutions on CPU
+
+
+def _pixels(processor, images: list[Image.Image]) -> torch.Tensor:
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    return pixels.contiguous(memory_format=torch.channels_last)
+
+
+def _download(repo_id: str) -> Path:
+    """A Hub model's files (weights, configs, calibration.json) in the local cache."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))

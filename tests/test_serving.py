@@ -1,0 +1,351 @@
+"""Serving: odd uploads, scores, verdicts, heat maps and the out-of-domain calibration."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skimage_data
+
+from hf_model.backbones import load_model, resolve_backbone
+from hf_model.calibration import calibrate, choose_threshold
+from hf_model.serving import (
+    CALIBRATION_FILE,
+    HEATMAP_SIDE,
+    OUT_OF_DOMAIN,
+    SURE,
+    UNSURE,
+    Calibration,
+    Classifier,
+    UnreadablePhotoError,
+    domain_scores,
+    grad_cam,
+    load_gate,
+    open_photo,
+    overlay_heatmap,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+LABELS = ["Modern", "Old"]
+
+
+# ---------------------------------------------------------------- models made in the test (no training needed)
+
+
+@pytest.fixture(scope="module")
+def lite_dir(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 (timm_wrapper) with a fresh 2-class head, saved like train.py saves it."""
+    out = tmp_path_factory.mktemp("lite")
+    load_model(resolve_backbone("efficientnet-lite0"), LABELS, image_size=96).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def convnext_dir(tmp_path_factory) -> Path:
+    """A tiny random HF-native ConvNeXt with its image processor."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
+
+    out = tmp_path_factory.mktemp("convnext")
+    config = ConvNextConfig(
+        hidden_sizes=[8, 16, 24, 32],
+        depths=[1, 1, 1, 1],
+        num_labels=3,
+        id2label={0: "a", 1: "b", 2: "c"},
+        label2id={"a": 0, "b": 1, "c": 2},
+    )
+    torch.manual_seed(0)
+    ConvNextForImageClassification(config).save_pretrained(out)
+    ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def efficientnet_dir(tmp_path_factory) -> Path:
+    """A tiny random HF-native EfficientNet with its image processor."""
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, EfficientNetImageProcessor
+
+    out = tmp_path_factory.mktemp("efficientnet")
+    config = EfficientNetConfig(
+        image_size=64,
+        width_coefficient=0.1,
+        depth_coefficient=0.1,
+        hidden_dim=128,
+        num_labels=3,
+        id2label={0: "a", 1: "b", 2: "c"},
+        label2id={"a": 0, "b": 1, "c": 2},
+    )
+    torch.manual_seed(0)
+    model = EfficientNetForImageClassification(config)
+    with torch.no_grad():  # the default init (std 0.02 everywhere) fades to an all-zero feature map
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+    model.save_pretrained(out)
+    EfficientNetImageProcessor(
+        size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=False
+    ).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(params=["lite", "convnext", "efficientnet"])
+def model_dir(request) -> Path:
+    return request.getfixturevalue(f"{request.param}_dir")
+
+
+def photo(seed: int = 0, size=(120, 90)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- odd uploads
+
+
+def saved(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def test_transparent_png_becomes_rgb_on_white(tmp_path):
+    rgba = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    rgba.paste((0, 0, 255, 255), (0, 0, 20, 30))
+    image = open_photo(saved(rgba, tmp_path / "a.png"))
+    assert image.mode == "RGB"
+    assert image.getpixel((5, 5)) == (0, 0, 255) and image.getpixel((35, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "I;16"])
+def test_other_colour_modes_become_rgb(tmp_path, mode):
+    source = photo().convert(mode) if mode != "I;16" else Image.new("I;16", (40, 30), 300)
+    path = saved(source, tmp_path / ("a.jpg" if mode in ("L", "CMYK") else "a.png"))
+    image = open_photo(path)
+    assert image.mode == "RGB" and image.size == source.size
+
+
+def test_cmyk_jpeg_keeps_its_colours(tmp_path):
+    red = Image.new("RGB", (40, 30), (220, 30, 30))
+    image = open_photo(saved(red.convert("CMYK"), tmp_path / "cmyk.jpg", quality=95))
+    r, g, b = image.getpixel((20, 15))
+    assert r > 180 and g < 80 and b < 80
+
+
+def test_exif_rotated_photo_is_turned_upright(tmp_path):
+    wide = photo(size=(60, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    image = open_photo(saved(wide, tmp_path / "rotated.jpg", exif=exif))
+    assert image.size == (40, 60)
+
+
+def test_big_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
+    big = saved(photo(size=(4800, 3600)), tmp_path / "big.jpg", quality=50)
+    image = open_photo(big)
+    assert 1024 <= min(image.size) < 3600
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"this is a text file, not a photo", "not an image"),
+        (b"", "not an image"),
+        ("truncated-jpeg", "damaged"),
+        ("huge-png", "too big"),
+        ("tiny-png", "too small"),
+    ],
+)
+def test_unreadable_uploads_get_a_clear_message(tmp_path, content, message):
+    path = tmp_path / "upload"
+    if content == "truncated-jpeg":
+        buffer = io.BytesIO()
+        photo(size=(300, 200)).save(buffer, format="JPEG")
+        path.write_bytes(buffer.getvalue()[:2000])
+    elif content == "huge-png":
+        Image.new("1", (10_000, 9_000)).save(path, format="PNG")  # 90 megapixels, a few KB on disk
+    elif content == "tiny-png":
+        Image.new("RGB", (8, 8)).save(path, format="PNG")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UnreadablePhotoError, match=message):
+        open_photo(path)
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def test_scores_match_the_transformers_pipeline(model_dir):
+    from transformers import pipeline
+
+    classifier = Classifier.from_pretrained(str(model_dir))
+    image = photo(3)
+    prediction = classifier.predict(image, top_k=2)
+    expected = pipeline("image-classification", model=str(model_dir), device=-1)(image, top_k=2)
+    assert list(prediction.scores) == [e["label"] for e in expected]
+    assert list(prediction.scores.values()) == pytest.approx([e["score"] for e in expected], abs=1e-4)
+
+
+def test_top_k_is_capped_by_the_number_of_classes(lite_dir):
+    prediction = Classifier.from_pretrained(str(lite_dir)).predict(photo(), top_k=5)
+    assert set(prediction.scores) == set(LABELS)
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-5)
+    assert list(prediction.scores.values()) == sorted(prediction.scores.values(), reverse=True)
+
+
+def test_split_forward_gives_the_model_logits_and_a_feature_map(model_dir):
+    classifier = Classifier.from_pretrained(str(model_dir))
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        logits, feature_map = classifier.logits_and_feature_map(pixels)
+        expected = classifier.model(pixels).logits
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-4)
+    assert feature_map.ndim == 4 and feature_map.shape[0] == 2
+
+
+@pytest.mark.parametrize("name", ["lite", "efficientnet"])
+def test_grad_cam_equals_the_class_activation_map_of_a_pooled_linear_head(request, name):
+    # With global average pooling then one linear layer, Grad-CAM is exactly CAM: sum_k W[c, k] A_k.
+    classifier = Classifier.from_pretrained(str(request.getfixturevalue(f"{name}_dir")))
+    head = classifier.model.timm_model.classifier if name == "lite" else classifier.model.classifier
+    pixels = torch.randn(1, 3, 128, 128, requires_grad=True)
+    logits, feature_map = classifier.logits_and_feature_map(pixels)
+    cams = torch.einsum("ck,khw->chw", head.weight, feature_map[0].detach())
+    c = int(cams.amax(dim=(1, 2)).argmax())  # a class with some positive evidence, so the map is not all zero
+    expected = torch.relu(cams[c]) / cams[c].max()
+    np.testing.assert_allclose(grad_cam(logits[0, c], feature_map), expected.numpy(), atol=1e-5)
+    assert expected.max() == 1.0
+
+
+def test_heatmap_colours_only_where_the_model_looked():
+    grey = Image.new("RGB", (32, 32), (128, 128, 128))
+    cam = np.zeros((4, 4), dtype=np.float32)
+    cam[0, 0] = 1.0  # the top-left corner is hot
+    overlay = np.asarray(overlay_heatmap(grey, cam, side=64)).astype(int)
+    assert overlay.shape == (64, 64, 3)
+    r, g, b = overlay[2, 2]
+    assert r > 180 and b < 80  # red where hot
+    assert (overlay[40:, 40:] == 128).all()  # the photo itself where cold
+
+
+def test_predict_with_heatmap_returns_an_overlay_and_the_same_scores(model_dir):
+    classifier = Classifier.from_pretrained(str(model_dir))
+    plain = classifier.predict(photo(1), top_k=3)
+    explained = classifier.predict(photo(1), top_k=3, heatmap=True)
+    assert explained.heatmap.size == (HEATMAP_SIDE, HEATMAP_SIDE)
+    assert plain.heatmap is None
+    assert list(explained.scores.values()) == pytest.approx(list(plain.scores.values()), abs=1e-5)
+
+
+# ---------------------------------------------------------------- verdicts: sure, unsure, out of domain
+
+
+@pytest.fixture(scope="module")
+def coffee_calibration() -> Calibration:
+    """A calibration whose domain is 'photos like skimage's coffee cup'."""
+    gate = load_gate()
+    profile = gate.imagenet_probabilities([Image.fromarray(skimage_data.coffee())])[0]
+    return Calibration("efficientnet-lite0", profile.tolist(), domain_threshold=0.5 * float(profile @ profile))
+
+
+def classifier_with(lite_dir: Path, calibration: Calibration) -> Classifier:
+    from transformers import AutoModelForImageClassification
+
+    plain = Classifier.from_pretrained(str(lite_dir))
+    model = AutoModelForImageClassification.from_pretrained(lite_dir)
+    return Classifier(model, plain.processor, calibration, subject="a coffee cup")
+
+
+def test_photo_unlike_the_training_photos_gets_no_answer(lite_dir, coffee_calibration):
+    classifier = classifier_with(lite_dir, coffee_calibration)
+    cat = classifier.predict(Image.fromarray(skimage_data.chelsea()), heatmap=True)
+    cup = classifier.predict(Image.fromarray(skimage_data.coffee()).rotate(5), heatmap=True)
+    assert cat.verdict == OUT_OF_DOMAIN
+    assert cat.message == "This photo does not look like a coffee cup, so the model gives no answer."
+    assert cat.heatmap is None
+    assert cup.verdict != OUT_OF_DOMAIN and cup.heatmap is not None
+    assert cup.domain_score > coffee_calibration.domain_threshold > cat.domain_score
+
+
+@pytest.mark.parametrize(("unsure_below", "verdict", "words"), [(0.99, UNSURE, "unsure"), (0.0, SURE, "sure this is")])
+def test_low_top_score_is_called_unsure(lite_dir, coffee_calibration, unsure_below, verdict, words):
+    calibration = Calibration(**{**coffee_calibration.__dict__, "domain_threshold": 0.0, "unsure_below": unsure_below})
+    prediction = classifier_with(lite_dir, calibration).predict(photo())
+    assert prediction.verdict == verdict
+    assert words in prediction.message and next(iter(prediction.scores)) in prediction.message
+
+
+def test_calibration_travels_with_the_model_folder(tmp_path, lite_dir, coffee_calibration):
+    model_dir = tmp_path / "model"
+    Classifier.from_pretrained(str(lite_dir)).model.save_pretrained(model_dir)
+    assert Classifier.from_pretrained(str(model_dir)).calibration is None
+    coffee_calibration.save(model_dir)
+    assert (model_dir / CALIBRATION_FILE).is_file()
+    loaded = Classifier.from_pretrained(str(model_dir)).calibration
+    assert loaded.domain_threshold == coffee_calibration.domain_threshold
+    assert loaded.profile == pytest.approx(coffee_calibration.profile)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_threshold_separates_the_two_sets_when_it_can():
+    threshold = choose_threshold(np.array([0.6, 0.7, 0.8, 0.9]), np.array([0.1, 0.2, 0.3]), 0.05)
+    assert 0.3 < threshold <= 0.6
+
+
+def test_threshold_rejects_no_more_in_domain_photos_than_allowed():
+    in_domain = np.linspace(0.0, 1.0, 100)
+    out_of_domain = np.linspace(0.0, 0.5, 50)  # every step up turns away more of these than of in_domain
+    threshold = choose_threshold(in_domain, out_of_domain, max_in_domain_rejection=0.1)
+    assert np.mean(in_domain < threshold) <= 0.1
+    assert threshold == in_domain[10]  # as far up as the cap allows
+
+
+def test_calibrate_writes_a_threshold_that_turns_away_other_photos(tmp_path, lite_dir):
+    # In domain: crops of the coffee photo (two "classes"); out of domain: crops of the cat and the rocket.
+    rng = np.random.default_rng(0)
+
+    def crops(array, folder: Path, n: int):
+        folder.mkdir(parents=True)
+        height, width = array.shape[:2]
+        for i in range(n):
+            top, left = rng.integers(0, height // 4), rng.integers(0, width // 4)
+            Image.fromarray(array[top : top + 3 * height // 4, left : left + 3 * width // 4]).save(folder / f"{i}.jpg")
+
+    crops(skimage_data.coffee(), tmp_path / "cups" / "left", 10)
+    crops(skimage_data.coffee()[:, ::-1], tmp_path / "cups" / "right", 10)
+    crops(skimage_data.chelsea(), tmp_path / "other" / "cats", 6)
+    crops(skimage_data.rocket(), tmp_path / "other" / "rockets", 6)
+    model_dir = tmp_path / "model"
+    Classifier.from_pretrained(str(lite_dir)).model.save_pretrained(model_dir)
+    record = {"config": {"data_dir": str(tmp_path / "cups"), "split_fractions": [0.5, 0.25, 0.25]}}
+    (model_dir / "hf_model_config.json").write_text(json.dumps(record))
+
+    report = calibrate(model_dir, [tmp_path / "other"])
+
+    calibration = Calibration.load(model_dir)
+    assert report["rejected"]["other_held_out"]["rejected"] == 1.0
+    assert report["rejected"]["validation"]["rejected"] <= 0.05
+    assert "turns away 100% of 6 out-of-domain photos" in report["summary"]
+    cat_score = domain_scores(
+        load_gate().imagenet_probabilities([Image.fromarray(skimage_data.chelsea())]), calibration.profile
+    )[0]
+    assert cat_score < calibration.domain_threshold
+
+
+@pytest.mark.real_data
+def test_calibrated_gate_turns_away_other_rooms_but_not_bedrooms(tmp_path, lite_dir):
+    model_dir = tmp_path / "model"
+    Classifier.from_pretrained(str(lite_dir)).model.save_pretrained(model_dir)
+    record = {"config": {"data_dir": str(SHARED / "bedrooms"), "split_fractions": [0.76, 0.14, 0.10]}}
+    (model_dir / "hf_model_config.json").write_text(json.dumps(record))
+
+    report = calibrate(model_dir, [SHARED / "rooms_other"], limit=40)
+
+    rejected = {name: r["rejected"] for name, r in report["rejected"].items()}
+    assert rejected["other_held_out"] >= 0.6, rejected
+    assert rejected["test"] <= 0.15 and rejected["unlabeled"] <= 0.15, rejected
