@@ -247,7 +247,8 @@ Trained with this exact command:
 
 
 def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset: str | None, metrics: dict,
-                     command: str, hyperparameters: dict, label_names: Sequence[str], plots: Sequence[str], label_source: str,
+                     command: str, hyperparameters: dict, label_names: Sequence[str], plots: Sequence[str],
+                     label_source: str,
                      split_sizes: dict[str, int], license: str = "apache-2.0", limitations: str | None = None,
                      model_name: str | None = None, model_id: str | None = None) -> ModelCard:
     """Write ``output_dir/README.md``: Hub metadata with a ``model-index`` of the test metrics, then the prose."""
