@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -105,6 +106,8 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "") -> dict:
     history: list[dict] = []
     stage_boundary = None
     resuming = args.resume_from_checkpoint or (_last_checkpoint(args.output_dir) if cfg.resume else None)
+    if not resuming and args.process_index == 0:
+        _clear_previous_run(Path(args.output_dir))
     if cfg.stages == 2 and not resuming:  # a stage-2 checkpoint already holds the trained head
         history += train_head(cfg, args, model, train_split, data["validation"], train_transform, eval_transform,
                               weights, label_names, key=cache_key(source, image_size, cfg.augmentation_key()))
@@ -299,6 +302,18 @@ def _offset_epochs(log_history: list[dict], before: list[dict]) -> list[dict]:
     """Stage-2 log entries with epochs counted after stage 1's, for one continuous learning curve."""
     offset = max((entry.get("epoch", 0) for entry in before), default=0)
     return [dict(entry, epoch=entry.get("epoch", 0) + offset, stage=2 if before else 1) for entry in log_history]
+
+
+def _clear_previous_run(output_dir: Path) -> None:
+    """A fresh run in a used folder: drop the old checkpoints and results so none leak into this run's."""
+    stale = [*output_dir.glob("checkpoint-*"), output_dir / "stage1", *output_dir.glob("*results.json"),
+             output_dir / "log_history.json"]
+    for path in (p for p in stale if p.exists()):
+        logger.info("starting over: removing %s from a previous run", path)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _last_checkpoint(output_dir: str) -> str | None:

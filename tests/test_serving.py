@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -30,7 +31,6 @@ from hf_model.serving import (
     overlay_heatmap,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = ["Modern", "Old"]
 
 
@@ -42,25 +42,6 @@ def lite_dir(tmp_path_factory) -> Path:
     """EfficientNet-Lite0 (timm_wrapper) with a fresh 2-class head, saved like train.py saves it."""
     out = tmp_path_factory.mktemp("lite")
     load_model(resolve_backbone("efficientnet-lite0"), LABELS, image_size=96).save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def convnext_dir(tmp_path_factory) -> Path:
-    """A tiny random HF-native ConvNeXt with its image processor."""
-    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
-
-    out = tmp_path_factory.mktemp("convnext")
-    config = ConvNextConfig(
-        hidden_sizes=[8, 16, 24, 32],
-        depths=[1, 1, 1, 1],
-        num_labels=3,
-        id2label={0: "a", 1: "b", 2: "c"},
-        label2id={"a": 0, "b": 1, "c": 2},
-    )
-    torch.manual_seed(0)
-    ConvNextForImageClassification(config).save_pretrained(out)
-    ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=0.875).save_pretrained(out)
     return out
 
 
@@ -94,9 +75,10 @@ def efficientnet_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(params=["lite", "convnext", "efficientnet"])
+@pytest.fixture(params=["lite_dir", "tiny_convnext", "efficientnet_dir"])
 def model_dir(request) -> Path:
-    return request.getfixturevalue(f"{request.param}_dir")
+    """Each architecture serving supports: timm through timm_wrapper, HF-native ConvNeXt and EfficientNet."""
+    return Path(request.getfixturevalue(request.param))
 
 
 def photo(seed: int = 0, size=(120, 90)) -> Image.Image:
@@ -330,7 +312,7 @@ def test_calibrate_writes_a_threshold_that_turns_away_other_photos(tmp_path, lit
     calibration = Calibration.load(model_dir)
     assert report["rejected"]["other_held_out"]["rejected"] == 1.0
     assert report["rejected"]["validation"]["rejected"] <= 0.05
-    assert "turns away 100% of 6 out-of-domain photos" in report["summary"]
+    assert report["held_out"]["out_of_domain"] == {"photos": 6, "rejected": 1.0}
     cat_score = domain_scores(
         load_gate().imagenet_probabilities([Image.fromarray(skimage_data.chelsea())]), calibration.profile
     )[0]
@@ -341,10 +323,10 @@ def test_calibrate_writes_a_threshold_that_turns_away_other_photos(tmp_path, lit
 def test_calibrated_gate_turns_away_other_rooms_but_not_bedrooms(tmp_path, lite_dir):
     model_dir = tmp_path / "model"
     Classifier.from_pretrained(str(lite_dir)).model.save_pretrained(model_dir)
-    record = {"config": {"data_dir": str(SHARED / "bedrooms"), "split_fractions": [0.76, 0.14, 0.10]}}
+    record = {"config": {"data_dir": str(SHARED_DATA / "bedrooms"), "split_fractions": [0.76, 0.14, 0.10]}}
     (model_dir / "hf_model_config.json").write_text(json.dumps(record))
 
-    report = calibrate(model_dir, [SHARED / "rooms_other"], limit=40)
+    report = calibrate(model_dir, [SHARED_DATA / "rooms_other"], limit=40)
 
     rejected = {name: r["rejected"] for name, r in report["rejected"].items()}
     assert rejected["other_held_out"] >= 0.6, rejected

@@ -10,6 +10,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from conftest import make_photo
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -40,14 +41,11 @@ app = load_app()
 
 
 def make_photos(folder: Path, classes: list[str], per_class: int, seed: int = 0) -> None:
-    """Small noisy photos, one tint per class."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (folder / name).mkdir(parents=True)
-        tint = rng.integers(0, 255, 3)
+    """Small noisy photos, one colour per class."""
+    colours = np.random.default_rng(seed).integers(0, 255, (len(classes), 3))
+    for name, colour in zip(classes, colours):
         for i in range(per_class):
-            pixels = np.clip(rng.normal(tint, 50, (48, 64, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / name / f"{c}_{i}.png")
+            make_photo(folder / name / f"{i}.png", tuple(colour), size=56, seed=seed + i)
 
 
 def train_tiny(root: Path, classes: list[str], per_class: int) -> Path:

@@ -101,6 +101,17 @@ def test_rerun_resumes_from_the_last_checkpoint(image_folder, tiny_convnext, tmp
     assert f"resuming from {checkpoints[-1]}" in caplog.text
 
 
+def test_fresh_run_in_a_used_folder_drops_old_results(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "all_results.json").write_text(json.dumps({"test_loss": 123.0}))
+    (out / "checkpoint-999").mkdir()
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--no_resume",
+          "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert "test_loss" not in json.loads((out / "all_results.json").read_text())
+    assert not (out / "checkpoint-999").exists()
+
+
 def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
