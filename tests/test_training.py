@@ -112,6 +112,20 @@ def test_fresh_run_in_a_used_folder_drops_old_results(image_folder, tiny_convnex
     assert not (out / "checkpoint-999").exists()
 
 
+def test_push_to_hub_publishes_once_at_the_end(image_folder, tiny_convnext, tmp_path, monkeypatch):
+    import hf_model.hub as hub
+
+    calls = []
+    monkeypatch.setattr(hub, "resolve_token", lambda token=None: "hf_test")
+    monkeypatch.setattr(hub, "publish_model", lambda folder, repo_id, **kw: calls.append((folder, repo_id, kw))
+                        or hub.Published(folder, f"https://huggingface.co/{repo_id}/commit/1"))
+    out = tmp_path / "run"
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+          "--push_to_hub", "--hub_model_id", "someone/colours", "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert [(str(folder), repo) for folder, repo, _ in calls] == [(str(out), "someone/colours")]
+    assert "someone/colours" in (out / "README.md").read_text()  # the card's usage snippet names the repo
+
+
 def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
