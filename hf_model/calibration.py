@@ -132,3 +132,23 @@ def _batched(fn, photos: list, batch_size: int) -> np.ndarray:
     """``fn`` over the photos, opened with serving's ``open_photo`` so they look exactly like uploads."""
     batches = [fn([open_photo(p) for p in photos[i : i + batch_size]]) for i in range(0, len(photos), batch_size)]
     return np.concatenate(batches)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``hf-model calibrate runs/bedrooms ../shared/data/rooms_other``: write and report ``calibration.json``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="hf-model calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a trained model folder (train.py --output_dir)")
+    parser.add_argument("out_of_domain_dirs", nargs="+", help="folders of photos the model should turn away")
+    parser.add_argument("--data_dir", help="the training photos, if not where hf_model_config.json says")
+    parser.add_argument("--max_in_domain_rejection", type=float, default=MAX_IN_DOMAIN_REJECTION)
+    parser.add_argument("--unsure_below", type=float, default=DEFAULT_UNSURE_BELOW)
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    report = calibrate(args.model_dir, args.out_of_domain_dirs, data_dir=args.data_dir,
+                       max_in_domain_rejection=args.max_in_domain_rejection, unsure_below=args.unsure_below)
+    held_out = report["held_out"]
+    print(f"calibration.json written to {args.model_dir}. On photos the threshold was not chosen on it turns away "
+          f"{held_out['out_of_domain']['rejected']:.1%} of {held_out['out_of_domain']['photos']} out-of-domain photos "
+          f"and {held_out['in_domain']['rejected']:.1%} of {held_out['in_domain']['photos']} in-domain ones.")

@@ -42,6 +42,7 @@ CARDS_DIR = PROJECT_ROOT / "datasets_cards"
 MODEL_FILE_PATTERNS = (
     "config.json", "*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
     "README.md", "*_results.json", "hf_model_config.json", "*.png",
+    "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
 )
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
 # Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
@@ -360,7 +361,10 @@ def _imports_hf_model(folder: Path) -> bool:
 
 
 def _requires_hf_model(requirements: Path) -> bool:
-    return requirements.is_file() and re.search(r"hf[-_]model", requirements.read_text()) is not None
+    if not requirements.is_file():
+        return False
+    lines = (line.split("#", 1)[0] for line in requirements.read_text().splitlines())
+    return any(re.search(r"hf[-_]model", line) for line in lines)
 
 
 def set_space_variables(repo_id: str, models: Mapping[str, str], token: str, commit_url: str | None) -> None:

@@ -213,9 +213,9 @@ class Classifier:
         if verdict == OUT_OF_DOMAIN:
             return f"This photo does not look like {self.subject}, so the model gives no answer."
         if verdict == UNSURE:
-            runner_up = f" or {rest[0][0]} ({rest[0][1]:.0%})" if rest else ""
-            return f"The model is unsure: perhaps {best} ({p:.0%}){runner_up}."
-        return f"The model is {'very' if p >= VERY_SURE_FROM else 'fairly'} sure this is {best} ({p:.0%})."
+            runner_up = f" or {rest[0][0]} ({percent(rest[0][1])})" if rest else ""
+            return f"The model is unsure: perhaps {best} ({percent(p)}){runner_up}."
+        return f"The model is {'very' if p >= VERY_SURE_FROM else 'fairly'} sure this is {best} ({percent(p)})."
 
     def logits_and_feature_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The logits and the last feature map they were pooled from (None where the model has none)."""
@@ -228,6 +228,11 @@ class Classifier:
         if pooled is None or not hasattr(model, "classifier"):
             return model(pixels).logits, None
         return model.classifier(pooled), outputs.last_hidden_state
+
+
+def percent(p: float) -> str:
+    """A probability for people: never a flat 100% or 0%, which a model cannot know."""
+    return ">99%" if p > 0.99 else "<1%" if p < 0.01 else f"{p:.0%}"
 
 
 def grad_cam(class_logit: torch.Tensor, feature_map: torch.Tensor) -> np.ndarray:

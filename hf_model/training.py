@@ -307,7 +307,7 @@ def _offset_epochs(log_history: list[dict], before: list[dict]) -> list[dict]:
 def _clear_previous_run(output_dir: Path) -> None:
     """A fresh run in a used folder: drop the old checkpoints and results so none leak into this run's."""
     stale = [*output_dir.glob("checkpoint-*"), output_dir / "stage1", *output_dir.glob("*results.json"),
-             output_dir / "log_history.json"]
+             output_dir / "log_history.json", output_dir / "calibration.json"]
     for path in (p for p in stale if p.exists()):
         logger.info("starting over: removing %s from a previous run", path)
         if path.is_dir():

@@ -29,6 +29,7 @@ from hf_model.serving import (
     load_gate,
     open_photo,
     overlay_heatmap,
+    percent,
 )
 
 LABELS = ["Modern", "Old"]
@@ -258,6 +259,10 @@ def test_low_top_score_is_called_unsure(lite_dir, coffee_calibration, unsure_bel
     prediction = classifier_with(lite_dir, calibration).predict(photo())
     assert prediction.verdict == verdict
     assert words in prediction.message and next(iter(prediction.scores)) in prediction.message
+
+
+def test_percentages_never_claim_certainty():
+    assert [percent(p) for p in (0.9996, 0.934, 0.0004)] == [">99%", "93%", "<1%"]
 
 
 def test_calibration_travels_with_the_model_folder(tmp_path, lite_dir, coffee_calibration):

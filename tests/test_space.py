@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import importlib.util
 import sys
@@ -18,6 +19,11 @@ from hf_model.serving import Calibration, Classifier, open_photo
 from hf_model.training import main as train
 
 APP_FILE = Path(__file__).resolve().parents[1] / "space" / "app.py"
+# two optimizer steps on 64-pixel photos: a real trained model folder in seconds
+QUICK_TRAINING = (
+    "--image_size 64 --split_fractions 0.5 0.25 0.25 --max_steps 2 --per_device_train_batch_size 4 "
+    "--eval_strategy steps --eval_steps 2 --save_strategy steps --save_steps 2 --no_resume --disable_tqdm true"
+)
 BIRDS = [
     "ABBOTTS BABBLER",
     "AFRICAN CROWNED CRANE",
@@ -50,37 +56,8 @@ def make_photos(folder: Path, classes: list[str], per_class: int, seed: int = 0)
 
 def train_tiny(root: Path, classes: list[str], per_class: int) -> Path:
     make_photos(root / "photos", classes, per_class)
-    out = root / "model"
-    train(
-        [
-            "--data_dir",
-            str(root / "photos"),
-            "--output_dir",
-            str(out),
-            "--image_size",
-            "64",
-            "--split_fractions",
-            "0.5",
-            "0.25",
-            "0.25",
-            "--max_steps",
-            "2",
-            "--per_device_train_batch_size",
-            "4",
-            "--eval_strategy",
-            "steps",
-            "--eval_steps",
-            "2",
-            "--save_strategy",
-            "steps",
-            "--save_steps",
-            "2",
-            "--no_resume",
-            "--disable_tqdm",
-            "true",
-        ]
-    )
-    return out
+    train(["--data_dir", str(root / "photos"), "--output_dir", str(root / "model"), *QUICK_TRAINING.split()])
+    return root / "model"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +84,7 @@ def models(model_dirs) -> dict:
 @pytest.fixture(scope="module")
 def client(models, examples_dir):
     demo = app.build_demo(models, examples_dir)
-    _, url, _ = app.launch(demo, examples_dir, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, ssr_mode=False)
     yield Client(url, verbose=False, download_files=str(examples_dir.parent / "downloads"))
     demo.close()
 
@@ -206,6 +183,12 @@ def test_out_of_domain_photo_is_answered_with_not_a_bedroom(model_dirs, photo):
     assert label == "Not a bedroom"
     assert sentence == "This photo does not look like a bedroom, so the model gives no answer."
     assert heatmap is None
+
+
+def test_a_photo_sent_as_a_data_url_is_read(photo):
+    data_url = "data:image/jpeg;base64," + base64.b64encode(photo.read_bytes()).decode()
+    image = open_photo(app.uploaded_file({"path": None, "url": data_url}))
+    assert image.size == open_photo(photo).size
 
 
 def test_hub_model_out_of_reach_falls_back_to_the_local_folder(tmp_path, model_dirs):

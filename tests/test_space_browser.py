@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import make_photo
+from test_space import app  # space/app.py, loaded once
 
 from hf_model.backbones import load_model, resolve_backbone
 from hf_model.serving import open_photo
@@ -21,23 +20,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-APP_FILE = Path(__file__).resolve().parents[1] / "space" / "app.py"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is absent: apt-get install chromium")
-
-
-def load_app():
-    spec = importlib.util.spec_from_file_location("space_app", APP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["space_app"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The app with a small bedroom model (a pretrained backbone, fresh head) and no bird model."""
-    app = load_app()
     model_dir = tmp_path_factory.mktemp("bedroom_model")
     load_model(resolve_backbone("efficientnet-lite0"), ["Modern", "Old"], image_size=64).save_pretrained(model_dir)
     bird = app.TaskModel(None, "No bird species model in this test.")
@@ -91,5 +80,4 @@ def test_a_file_that_is_not_an_image_gets_a_message_not_a_traceback(page, tmp_pa
     message.first.wait_for(timeout=30_000)
 
     assert "Traceback" not in page.content()
-    page.screenshot(path=str(tmp_path / "error.png"))
     assert page.locator("#bedroom-label .output-class").count() == 0  # the last answer was cleared

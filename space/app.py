@@ -1,0 +1,269 @@
+"""The Space: bedroom style and bird species from a photo, one tab and one API endpoint per task.
+
+Run it from the repository root::
+
+    python space/app.py                                   # the Hub models, else runs/bedrooms and runs/birds
+    python space/app.py --bedroom_model runs/bedrooms --examples_dir ~/demo_photos
+
+Each model is a trained folder (``train.py --output_dir``) or a Hub id, from ``--bedroom_model`` /
+``--bird_model`` or the ``BEDROOM_MODEL`` / ``BIRD_MODEL`` environment variables. Call it from Python::
+
+    from gradio_client import Client, handle_file
+    Client("http://127.0.0.1:7860/").predict(handle_file("bed.jpg"), api_name="/predict_bedroom")
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import logging
+import os
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from hf_model.serving import OUT_OF_DOMAIN, Classifier, UnreadablePhotoError, open_photo
+
+logger = logging.getLogger("space")
+
+APP_DIR = Path(__file__).resolve().parent
+REPO_ROOT = APP_DIR.parent
+MAX_FILE_SIZE = "20mb"  # a phone photo is 3-15 MB; larger uploads are refused before they reach the model
+# One torch thread per request and as many requests at once as there are cores: requests that share
+# the cores with several threads each spin-wait on one another (measured 25x slower on 2 cores).
+TORCH_THREADS = 1
+CONCURRENT_PREDICTIONS = os.cpu_count() or 1
+QUEUE_MAX_SIZE = 32  # waiting requests beyond this get "queue full" at once instead of a long wait
+MAX_EXAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tab: what it classifies, where its model comes from, how its answer reads."""
+
+    key: str  # names the env var (BEDROOM_MODEL), the flag (--bedroom_model) and the endpoint (/predict_bedroom)
+    title: str
+    subject: str  # what an in-domain photo shows, for the sentences
+    rejection_label: str  # the label shown instead of a class when the photo is out of domain
+    hub_id: str  # the model we publish; the default
+    local_fallback: str  # a model folder under the repository root, used when the Hub is out of reach
+    top_k: int
+    about: str
+
+    @property
+    def api_name(self) -> str:
+        return f"predict_{self.key}"
+
+
+TASKS = [
+    Task(
+        key="bedroom",
+        title="Bedroom style",
+        subject="a bedroom",
+        rejection_label="Not a bedroom",
+        hub_id="hf-model-demo/bedroom-style",
+        local_fallback="runs/bedrooms",
+        top_k=2,
+        about="Is this bedroom **Modern** or **Old**-fashioned? Upload, paste or take a photo of a bedroom.",
+    ),
+    Task(
+        key="bird",
+        title="Bird species",
+        subject="a bird",
+        rejection_label="Not a bird",
+        hub_id="hf-model-demo/bird-species",
+        local_fallback="runs/birds",
+        top_k=5,
+        about="Which of 525 bird species is this? Upload, paste or take a photo of one bird.",
+    ),
+]
+
+
+@dataclass
+class TaskModel:
+    """A task's loaded classifier (None when none could be loaded) and a note on where it came from."""
+
+    classifier: Classifier | None
+    note: str
+
+
+def load_task_model(task: Task, requested: str | None = None) -> TaskModel:
+    """The requested model; else the published Hub model; else the local fallback, saying so."""
+    if requested:  # asked for by name: a failure is the user's to see, so it is not caught
+        return TaskModel(Classifier.from_pretrained(requested, task.subject), f"Model: `{requested}`.")
+    try:
+        return TaskModel(Classifier.from_pretrained(task.hub_id, task.subject), f"Model: `{task.hub_id}`.")
+    except Exception as err:  # offline, not published yet, or a Hub error: all mean "try the local model"
+        reason = f"{type(err).__name__}: {textwrap.shorten(str(err), 160)}"
+    local = REPO_ROOT / task.local_fallback
+    if not (local / "config.json").is_file():
+        note = (
+            f"No {task.title.lower()} model: the Hub model `{task.hub_id}` could not be loaded ({reason}) and "
+            f"`{task.local_fallback}` holds no trained model. Train one with `python train.py --preset ...` "
+            f"or set `{task.key.upper()}_MODEL` to a model folder."
+        )
+        logger.warning(note)
+        return TaskModel(None, note)
+    logger.warning("%s: could not load %s (%s); using the local model %s", task.title, task.hub_id, reason, local)
+    note = f"Model: the local `{task.local_fallback}` (the Hub model `{task.hub_id}` could not be loaded)."
+    return TaskModel(Classifier.from_pretrained(str(local), task.subject), note)
+
+
+def make_predict(task: Task, model: TaskModel):
+    """The endpoint of one tab: photo (+ heat map choice) -> label, one sentence, heat map."""
+
+    def predict(photo, show_heatmap: bool = True):
+        if model.classifier is None:
+            raise gr.Error(model.note, title="No model", print_exception=False)
+        if photo is None:
+            return None, "Upload, paste or take a photo to classify it.", None
+        try:
+            image = open_photo(uploaded_file(photo))
+            prediction = model.classifier.predict(image, top_k=task.top_k, heatmap=show_heatmap)
+        except UnreadablePhotoError as err:
+            raise gr.Error(str(err), title="Cannot read this photo", print_exception=False) from None
+        except Exception:  # a clear message in the page, the traceback in the log
+            logger.exception("%s: classifying %s failed", task.title, photo)
+            raise gr.Error("Something went wrong while classifying this photo. Please try another one.") from None
+        label = task.rejection_label if prediction.verdict == OUT_OF_DOMAIN else prediction.scores
+        return label, prediction.message, prediction.heatmap
+
+    return predict
+
+
+def uploaded_file(photo) -> str | io.BytesIO:
+    """What the image input sends, unprocessed: a FileData dict (upload, paste, webcam) or a path."""
+    if isinstance(photo, dict):
+        url = photo.get("url") or ""
+        if not photo.get("path") and url.startswith("data:"):
+            return io.BytesIO(base64.b64decode(url.split(",", 1)[1]))
+        return photo["path"]
+    return photo
+
+
+def build_demo(models: dict[str, TaskModel], examples_dir: str | Path | None = None) -> gr.Blocks:
+    """The Blocks app, queued; ``models`` maps each task key to its loaded model."""
+    with gr.Blocks(title="What's in the photo? Bedroom style and bird species") as demo:
+        gr.Markdown(
+            "# What's in the photo?\n"
+            "Two image classifiers fine-tuned with the Hugging Face stack. Each says how sure it is, says so "
+            "when a photo does not look like what it was trained on, and can show what it looked at."
+        )
+        with gr.Tabs():
+            for task in TASKS:
+                with gr.Tab(task.title, id=task.key):
+                    task_tab(task, models[task.key], example_photos(examples_dir, task))
+    return demo.queue(default_concurrency_limit=CONCURRENT_PREDICTIONS, max_size=QUEUE_MAX_SIZE)
+
+
+def task_tab(task: Task, model: TaskModel, examples: list[str]) -> None:
+    gr.Markdown(f"{task.about}\n\n{model.note} {calibration_note(task, model)}".strip())
+    with gr.Row():
+        with gr.Column():
+            photo = gr.Image(
+                label="Photo",
+                sources=["upload", "clipboard", "webcam"],
+                type="filepath",
+                image_mode=None,
+                elem_id=f"{task.key}-photo",
+            )
+            show_heatmap = gr.Checkbox(value=True, label="Show what the model looked at (heat map)")
+            button = gr.Button("Classify", variant="primary")
+            if examples:
+                gr.Examples(examples=[[p] for p in examples], inputs=[photo], label="Example photos")
+        with gr.Column():
+            label = gr.Label(num_top_classes=task.top_k, label="Prediction", elem_id=f"{task.key}-label")
+            sentence = gr.Markdown(elem_id=f"{task.key}-sentence")
+            heatmap = gr.Image(label="What the model looked at", interactive=False, elem_id=f"{task.key}-heatmap")
+    outputs = [label, sentence, heatmap]
+    # A new photo first clears the last answer, so an error never sits beside the previous photo's label.
+    gr.on(
+        [photo.change, button.click],
+        fn=lambda: (None, "", None),
+        outputs=outputs,
+        queue=False,
+        api_visibility="private",
+    ).then(
+        make_predict(task, model),
+        inputs=[photo, show_heatmap],
+        outputs=outputs,
+        api_name=task.api_name,
+        preprocess=False,  # the photo arrives as a file: serving's open_photo reads it and explains failures
+        concurrency_id="predict",  # one limit shared by all tabs: the cores are shared too
+    )
+
+
+def calibration_note(task: Task, model: TaskModel) -> str:
+    calibration = model.classifier.calibration if model.classifier else None
+    if calibration is None:
+        return f"This model has no calibration.json, so it does not check that photos show {task.subject}."
+    held_out = calibration.report.get("held_out")
+    if not held_out:
+        return f"Photos that do not look like {task.subject} get “{task.rejection_label}”."
+    other, same = held_out["out_of_domain"], held_out["in_domain"]
+    return (
+        f"Photos that do not look like {task.subject} get “{task.rejection_label}”: on held-out photos, "
+        f"{other['rejected']:.0%} of {other['photos']} other photos and {same['rejected']:.0%} of "
+        f"{same['photos']} photos like the training set."
+    )
+
+
+def example_photos(examples_dir: str | Path | None, task: Task) -> list[str]:
+    """Up to MAX_EXAMPLES photos from ``<examples_dir>/<task key>/``; none when there is no such folder."""
+    if not examples_dir or not (Path(examples_dir) / task.key).is_dir():
+        return []
+    folder = Path(examples_dir) / task.key
+    readable = Image.registered_extensions()  # every suffix PIL opens (.jpg, .png, .webp, ...)
+    return [str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in readable][:MAX_EXAMPLES]
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """``demo.launch`` with the serving limits; ``kwargs`` go to it (server_port, prevent_thread_lock, ...)."""
+    return demo.launch(max_file_size=MAX_FILE_SIZE, **kwargs)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for task in TASKS:
+        env = f"{task.key.upper()}_MODEL"
+        parser.add_argument(
+            f"--{task.key}_model",
+            default=os.environ.get(env),
+            help=f"model folder or Hub id (env {env}; default {task.hub_id}, else {task.local_fallback})",
+        )
+    default_examples = os.environ.get("EXAMPLES_DIR") or (
+        APP_DIR / "examples" if (APP_DIR / "examples").is_dir() else None
+    )
+    parser.add_argument(
+        "--examples_dir",
+        default=default_examples,
+        help="folder with bedroom/ and bird/ subfolders of example photos (env EXAMPLES_DIR)",
+    )
+    parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to serve on the network")
+    parser.add_argument("--server_port", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    torch.set_num_threads(TORCH_THREADS)
+    models = {}
+    for task in TASKS:
+        try:
+            models[task.key] = load_task_model(task, getattr(args, f"{task.key}_model"))
+        except Exception as err:
+            raise SystemExit(
+                f"could not load the {task.title.lower()} model {getattr(args, f'{task.key}_model')!r}: {err}"
+            ) from err
+    demo = build_demo(models, args.examples_dir)
+    launch(demo, server_name=args.server_name, server_port=args.server_port)
+
+
+if __name__ == "__main__":
+    main()
