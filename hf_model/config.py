@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+import torch
+
 from hf_model.backbones import DEFAULT_BACKBONE
 
 
@@ -50,6 +52,9 @@ class TrainConfig:
     class_weights: str = field(default="none", metadata={"help": "none or auto (balanced cross-entropy)"})
     oversample: bool = field(default=False, metadata={"help": "repeat smaller classes' photos to balance"})
     tta: bool = field(default=False, metadata={"help": "test-time augmentation: average with the mirrored photo"})
+    pseudo_label_threshold: float = field(default=0.0, metadata={
+        "help": "self-training: > 0 first trains a teacher (in output_dir/teacher), then trains again with the "
+                "unlabeled photos it labels at least this surely (bedrooms); 0: off"})
     cv_folds: int = field(default=0, metadata={"help": "k > 1: k-fold cross-validation instead of one split"})
     cv_fold: tuple[int, int] | None = field(default=None, metadata={"help": argparse.SUPPRESS})
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
@@ -78,6 +83,7 @@ BASE_DEFAULTS: dict = {
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
     "disable_tqdm": False,
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU (and warns without)
 }
 
 # Presets are data: overrides of TrainConfig and TrainingArguments defaults.

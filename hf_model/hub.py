@@ -45,6 +45,7 @@ MODEL_FILE_PATTERNS = (
     "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
 )
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
+SPACE_ID_PLACEHOLDER = "hf-model-demo/photo-demo"  # the Space id in space/README.md's usage snippet
 # Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
 SPACE_MODEL_VARIABLES = {"BEDROOM_MODEL": "bedroom_model", "BIRD_MODEL": "bird_model"}
 DATASET_CARD_FIELDS = ("license", "task_categories", "pretty_name")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
             result = publish_space(args.space_dir, args.repo_id, models, args.datasets, **common)
-    except (PublishError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (PublishError, OSError, ValueError) as err:
         sys.exit(f"hf-model publish {args.kind}: {err}")
     if result.url is None:
         print(f"Dry run: the {args.kind} repo folder is ready at {result.folder} (nothing uploaded)")
@@ -122,7 +123,7 @@ def publish_model(model_dir: str | Path, repo_id: str, *, token: str | None = No
                   dry_run: bool = False, out_dir: str | Path | None = None) -> Published:
     """Build the model repo folder from a trained folder and upload it (``train.py --push_to_hub`` calls this)."""
     token = None if dry_run else resolve_token(token)  # fail before the work, not after it
-    folder = build_model_repo(model_dir, prepare_out_dir(out_dir, "model", repo_id))
+    folder = build_model_repo(model_dir, prepare_out_dir(out_dir, "model", repo_id), repo_id)
     return _upload_unless_dry_run(folder, repo_id, "model", token, private, dry_run)
 
 
@@ -139,7 +140,7 @@ def publish_space(space_dir: str | Path, repo_id: str, models: Mapping[str, str]
                   out_dir: str | Path | None = None) -> Published:
     """Upload ``space/`` as a Gradio Space; ``models`` maps the app's variables to model ids."""
     token = None if dry_run else resolve_token(token)
-    folder = build_space_repo(space_dir, prepare_out_dir(out_dir, "space", repo_id), models, datasets)
+    folder = build_space_repo(space_dir, prepare_out_dir(out_dir, "space", repo_id), models, datasets, repo_id)
     published = _upload_unless_dry_run(folder, repo_id, "space", token, private, dry_run)
     if not dry_run:
         set_space_variables(repo_id, models, token, published.url)
@@ -171,12 +172,12 @@ def prepare_out_dir(out_dir: str | Path | None, kind: str, repo_id: str) -> Path
 # ------------------------------------------------------------------------------------- model repo
 
 
-def build_model_repo(model_dir: str | Path, out_dir: str | Path) -> Path:
+def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | None = None) -> Path:
     """Copy what ``pipeline()`` and the Hub page need from a trained folder into ``out_dir``.
 
     Checks that the weights are safetensors, the config names the real classes and the image
     processor loads; keeps the model card and its plots (writing a minimal card when the folder
-    has none).
+    has none), its usage snippet pointed at ``repo_id`` instead of the local folder.
     """
     from transformers import AutoConfig, AutoImageProcessor
 
@@ -205,11 +206,13 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path) -> Path:
         processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
     card_path = out / "README.md"
     card = ModelCard.load(card_path) if card_path.is_file() else minimal_model_card(source, labels)
-    if not (card_path.is_file() and card.data.library_name and card.data.pipeline_tag):
-        # the Hub picks the widget and the "Use this model" snippet from these two fields
-        card.data.library_name = card.data.library_name or "transformers"
-        card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
-        card.save(card_path)
+    # the Hub picks the widget and the "Use this model" snippet from these two fields
+    card.data.library_name = card.data.library_name or "transformers"
+    card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
+    if repo_id:  # the card was written at training time, when the model lived in a local folder
+        card.text = re.sub(r'pipeline\("image-classification", model="[^"]*"\)',
+                           f'pipeline("image-classification", model="{repo_id}")', card.text)
+    card.save(card_path)
     return out
 
 
@@ -237,7 +240,7 @@ def minimal_model_card(model_dir: Path, labels: list[str]) -> ModelCard:
     if run.get("command"):
         lines += ["", "Trained with:", "", "```bash", run["command"], "```"]
     lines += ["", "```python", "from transformers import pipeline", "",
-              'classifier = pipeline("image-classification", model="<this repo id>")',
+              f'classifier = pipeline("image-classification", model="{model_dir}")',
               'classifier("photo.jpg")', "```"]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
@@ -328,8 +331,12 @@ def size_category(num_examples: int) -> str:
 
 
 def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping[str, str],
-                     datasets: Sequence[str] = ()) -> Path:
-    """Copy ``space/`` and record the model ids (``{"BEDROOM_MODEL": "user/bedroom-style", ...}``) in its card."""
+                     datasets: Sequence[str] = (), repo_id: str | None = None) -> Path:
+    """Copy ``space/`` and record the model ids (``{"BEDROOM_MODEL": "user/bedroom-style", ...}``) in its card.
+
+    A model not given keeps the card's default; ``repo_id`` replaces the placeholder Space id in
+    the card's ``gradio_client`` snippet.
+    """
     source, out = Path(space_dir), Path(out_dir)
     if not (source / "README.md").is_file():
         raise FileNotFoundError(f"{source}/README.md is missing: a Space needs it, with YAML front matter "
@@ -344,10 +351,13 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
     app_file = card.data.get("app_file") or "app.py"
     if not (out / app_file).is_file():
         raise FileNotFoundError(f"{source}/README.md names app_file {app_file!r}, which is not in {source}")
-    if models:
-        card.data.models = list(models.values())
+    # the card lists the default models in SPACE_MODEL_VARIABLES order (bedroom, bird)
+    chosen = dict(zip(SPACE_MODEL_VARIABLES, card.data.get("models") or []))
+    card.data.models = list({**chosen, **models}.values())
     if datasets:
         card.data.datasets = list(datasets)
+    if repo_id:
+        card.text = card.text.replace(SPACE_ID_PLACEHOLDER, repo_id)
     card.save(out / "README.md")
     if _imports_hf_model(out) and not _requires_hf_model(out / "requirements.txt"):
         # The Space installs only requirements.txt; ship our package's source beside app.py
@@ -403,12 +413,16 @@ def upload_repo_folder(folder: str | Path, repo_id: str, repo_type: str, *, toke
         raise PublishError(f"could not create or reach the {repo_type} repo {repo_id}: {explain(err)}. "
                            f"Nothing was uploaded; the repo folder is ready at {folder}") from err
     try:
+        # delete_patterns="*": the repo ends up holding exactly the folder (the Hub keeps .gitattributes), so
+        # a rebuild with fewer Parquet shards or plots leaves no stale file behind to be loaded with the new ones
         commit = api.upload_folder(repo_id=repo.repo_id, repo_type=repo_type, folder_path=str(folder),
+                                   delete_patterns="*",
                                    commit_message=commit_message or f"Upload {repo_type} with hf-model publish")
     except Exception as err:
         raise PublishError(f"the {repo_type} repo {repo.repo_id} exists ({repo}) but the upload failed: "
-                           f"{explain(err)}. No commit was made, so the repo is unchanged; rerun the same command "
-                           f"to retry (the folder {folder} is kept)") from err
+                           f"{explain(err)}. No commit was made: the repo keeps what it held before (nothing, if "
+                           f"it was just created); rerun the publish command to retry (the folder {folder} is kept)"
+                           ) from err
     return commit.commit_url
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from torch import nn
 from transformers import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -42,6 +42,7 @@ from hf_model.reports import (
     plot_top_losses,
     write_model_card,
 )
+from hf_model.self_training import pseudo_label
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
@@ -63,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
         parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
     if cfg.stages not in (1, 2):
         parser.error("--stages must be 1 (one fine-tuning stage) or 2 (head first, then the top blocks)")
+    if cfg.cv_folds and args.push_to_hub:
+        parser.error("--push_to_hub publishes one model, and --cv_folds trains one per fold: cross-validate "
+                     "without --push_to_hub, then train the model to publish without --cv_folds")
+    if not 0 <= cfg.pseudo_label_threshold <= 1:
+        parser.error("--pseudo_label_threshold is a probability: 0 (off) to 1")
     return cfg, args
 
 
@@ -88,10 +94,46 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "") -> dict:
     data = build_dataset(cfg.data_dir, cfg.dataset, labels_file=cfg.labels_file, image_column=cfg.image_column,
                          label_column=cfg.label_column, split_fractions=cfg.split_fractions, seed=args.seed,
                          skip_bad_images=cfg.skip_bad_images, cv_fold=cfg.cv_fold)
-    label_names = data["train"].features["label"].names
-    logger.info("labels from %s; classes %s; %s", data.label_source, _short(label_names),
+    logger.info("labels from %s; classes %s; %s", data.label_source, _short(data["train"].features["label"].names),
                 ", ".join(f"{name} {len(split)}" for name, split in data.items()))
-    train_split = oversampled(data["train"], args.seed) if cfg.oversample else data["train"]
+    if cfg.pseudo_label_threshold > 0:
+        data["pseudo_labeled"] = teach(cfg, args, data, command)
+        set_seed(args.seed)  # the student starts from the same seed as a run without a teacher
+    return fit(cfg, args, data, command, started, push_to)
+
+
+def teach(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: str) -> Dataset:
+    """Self-training's first half: a teacher run in ``output_dir/teacher`` labels the unlabeled photos.
+
+    The teacher is a whole run of its own (model, results, card), so an interrupted self-training
+    run resumes it, and its test figures sit beside the student's for comparison.
+    """
+    if len(data.get("unlabeled", [])) == 0:
+        raise ValueError("--pseudo_label_threshold needs unlabeled photos, and this dataset has none "
+                         "(a bedroom folder's photos without a label are used)")
+    teacher_dir = Path(args.output_dir) / "teacher"
+    teacher_args = dataclasses.replace(args, output_dir=str(teacher_dir), push_to_hub=False)
+    logger.info("self-training: training the teacher in %s", teacher_dir)
+    fit(dataclasses.replace(cfg, pseudo_label_threshold=0.0), teacher_args, data, command, time.time(), None)
+    with args.main_process_first(desc="pseudo-labels"):  # under torchrun: after rank 0 has saved the teacher
+        pseudo = pseudo_label(teacher_dir, data["unlabeled"], cfg.pseudo_label_threshold, tta=cfg.tta,
+                              batch_size=args.per_device_eval_batch_size)
+    names = data["train"].features["label"].names
+    counts = np.bincount(pseudo["label"], minlength=len(names))
+    logger.info("self-training: the teacher is at least %.0f%% sure of %d of %d unlabeled photos (%s); the student "
+                "trains on them too", 100 * cfg.pseudo_label_threshold, len(pseudo), len(data["unlabeled"]),
+                ", ".join(f"{n} {c}" for n, c in zip(names, counts)))
+    return pseudo
+
+
+def fit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: str, started: float,
+        push_to: str | None) -> dict:
+    """Train, test and write the model folder (plots, card; published when ``push_to``) for built splits."""
+    label_names = data["train"].features["label"].names
+    train_split = data["train"]
+    if "pseudo_labeled" in data:
+        train_split = concatenate_datasets([train_split, data["pseudo_labeled"]])
+    train_split = oversampled(train_split, args.seed) if cfg.oversample else train_split
     weights = class_weights(train_split["label"], len(label_names)) if cfg.class_weights == "auto" else None
 
     source = resolve_backbone(cfg.backbone, cfg.cache_dir)
@@ -148,9 +190,14 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "") -> dict:
             label_source=data.label_source, split_sizes=record["split_sizes"], model_id=push_to)
         print(_summary(test_metrics, time.time() - started, args.output_dir), flush=True)
         if push_to:
-            from hf_model.hub import publish_model
+            from hf_model.hub import PublishError, publish_model
 
-            published = publish_model(output_dir, push_to, token=args.hub_token, private=bool(args.hub_private_repo))
+            try:
+                published = publish_model(output_dir, push_to, token=args.hub_token,
+                                          private=bool(args.hub_private_repo))
+            except PublishError as err:  # the training is done and saved: only the upload needs redoing
+                sys.exit(f"Publishing failed: {err}\nThe trained model is safe in {output_dir}; upload it without "
+                         f"training again: hf-model publish model {output_dir} --repo_id {push_to}")
             print(f"Published to {published.url}", flush=True)
     return test_metrics
 
@@ -330,7 +377,8 @@ def _save_run_config(output_dir: Path, cfg: TrainConfig, args: TrainingArguments
                      image_size: int | None) -> dict:
     hyperparameters = {"seed": args.seed, "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
                        "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
-                       "lr_scheduler": str(args.lr_scheduler_type), "image_size": image_size,
+                       "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+                       "image_size": image_size,
                        **{k: v for k, v in asdict(cfg).items() if k not in ("data_dir", "dataset", "preset")}}
     record = {"command": command, "config": asdict(cfg), "seed": args.seed, "image_size": image_size,
               "hyperparameters": hyperparameters, "label_source": data.label_source,

@@ -32,6 +32,13 @@ def make_photo(path: Path, colour: tuple[int, int, int], size: int = 48, seed: i
     return path
 
 
+
+def make_bedroom_folder(root: Path, n: int = 24) -> Path:
+    """bed_1..bed_n; odd numbers look 'Modern' (light), even 'Old' (dark)."""
+    for i in range(1, n + 1):
+        make_photo(root / f"bed_{i}.jpg", (230, 230, 230) if i % 2 else (60, 40, 20), seed=i)
+    return root
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """class_name/*.jpg with two well-separated classes of 12 photos each."""

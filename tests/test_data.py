@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, make_photo
+from conftest import SHARED_DATA, make_bedroom_folder, make_photo
 from datasets import ClassLabel, Image
 
 from hf_model.data import (
@@ -18,13 +18,6 @@ from hf_model.data import (
 )
 
 
-def _bedroom_folder(root: Path, n: int = 24) -> Path:
-    """bed_1..bed_n; odd numbers look 'Modern' (light), even 'Old' (dark)."""
-    for i in range(1, n + 1):
-        make_photo(root / f"bed_{i}.jpg", (230, 230, 230) if i % 2 else (60, 40, 20), seed=i)
-    return root
-
-
 def test_imagefolder_gives_image_and_classlabel_features(image_folder):
     data = build_dataset(str(image_folder), split_fractions=[0.5, 0.25, 0.25], seed=0)
     assert set(data) == {"train", "validation", "test"}
@@ -34,7 +27,7 @@ def test_imagefolder_gives_image_and_classlabel_features(image_folder):
 
 
 def test_bedroom_labels_csv_names_classes_and_keeps_unlabeled(tmp_path):
-    root = _bedroom_folder(tmp_path)
+    root = make_bedroom_folder(tmp_path)
     with (root / "labels.csv").open("w") as f:
         f.write("file,label\n" + "".join(f"bed_{i}.jpg,{'M' if i % 2 else 'O'}\n" for i in range(1, 21)))
     data = build_dataset(str(root), split_fractions=[0.5, 0.25, 0.25])
@@ -48,7 +41,7 @@ def test_bedroom_labels_csv_names_classes_and_keeps_unlabeled(tmp_path):
 
 
 def test_labels_txt_pairs_the_ith_label_with_the_ith_existing_file(tmp_path):
-    root = _bedroom_folder(tmp_path, 8)
+    root = make_bedroom_folder(tmp_path, 8)
     (root / "bed_3.jpg").unlink()  # a gap: label 3 belongs to bed_4 under the write-up's rule
     (root / "labels.txt").write_text("MOMO")
     found = read_bedroom_labels(root)
@@ -59,7 +52,7 @@ def test_labels_txt_pairs_the_ith_label_with_the_ith_existing_file(tmp_path):
 
 
 def test_labels_txt_uses_labeled_order_when_present(tmp_path):
-    root = _bedroom_folder(tmp_path, 6)
+    root = make_bedroom_folder(tmp_path, 6)
     (root / "labels.txt").write_text("MOM")
     (root / "labeled_order.txt").write_text("bed_2.jpg\nbed_9.jpg\nbed_4.jpg\n")  # bed_9 is not here
     found = read_bedroom_labels(root)
@@ -68,7 +61,7 @@ def test_labels_txt_uses_labeled_order_when_present(tmp_path):
 
 
 def test_bad_label_letter_names_the_file_and_line(tmp_path):
-    root = _bedroom_folder(tmp_path, 4)
+    root = make_bedroom_folder(tmp_path, 4)
     (root / "labels.csv").write_text("file,label\nbed_1.jpg,M\nbed_2.jpg,X\n")
     with pytest.raises(ValueError, match=r"labels.csv:3: label 'X'"):
         read_bedroom_labels(root)

@@ -126,6 +126,27 @@ def test_push_to_hub_publishes_once_at_the_end(image_folder, tiny_convnext, tmp_
     assert "someone/colours" in (out / "README.md").read_text()  # the card's usage snippet names the repo
 
 
+def test_failed_push_keeps_the_model_and_says_how_to_upload_it(image_folder, tiny_convnext, tmp_path, monkeypatch):
+    import hf_model.hub as hub
+
+    def refuse(folder, repo_id, **kw):
+        raise hub.PublishError("the token was refused (401)")
+
+    monkeypatch.setattr(hub, "resolve_token", lambda token=None: "hf_test")
+    monkeypatch.setattr(hub, "publish_model", refuse)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match=f"(?s)refused.*safe in {out}.*hf-model publish model {out} --repo_id someone/c"):
+        main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+              "--push_to_hub", "--hub_model_id", "someone/c", "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert (out / "model.safetensors").is_file()
+
+
+def test_push_to_hub_with_cross_validation_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", "x", "--output_dir", "o", "--cv_folds", "5", "--push_to_hub"])
+    assert "--cv_folds" in capsys.readouterr().err
+
+
 def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

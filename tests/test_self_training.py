@@ -1,0 +1,79 @@
+"""Self-training: which unlabeled photos get a pseudo-label, and the teacher/student run around it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_bedroom_folder, make_photo
+from datasets import ClassLabel, Dataset, Features, Image
+
+from hf_model.self_training import pseudo_label
+from hf_model.training import main
+
+FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
+        "--split_fractions", "0.5", "0.25", "0.25", "--stages", "1"]
+
+
+@pytest.fixture
+def sure_model(tiny_convnext, tmp_path):
+    """A tiny model that ignores the photo: its logits are its bias, (0, 3), so it says 'Old' with p = 0.95."""
+    from transformers import AutoModelForImageClassification, ConvNextImageProcessor
+
+    model = AutoModelForImageClassification.from_pretrained(
+        tiny_convnext, num_labels=2, id2label={0: "Modern", 1: "Old"}, label2id={"Modern": 0, "Old": 1},
+        ignore_mismatched_sizes=True)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 3.0]))
+    out = tmp_path / "sure"
+    model.save_pretrained(out)
+    ConvNextImageProcessor.from_pretrained(tiny_convnext).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def unlabeled(tmp_path) -> Dataset:
+    files = [str(make_photo(tmp_path / "u" / f"{i}.jpg", (40 * i, 90, 200 - 30 * i), seed=i)) for i in range(5)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["Modern", "Old"])})
+    return Dataset.from_dict({"image": files, "label": [-1] * 5}, features=features)
+
+
+def test_photos_the_model_is_sure_of_get_its_label(sure_model, unlabeled):
+    labeled = pseudo_label(sure_model, unlabeled, threshold=0.9, tta=True)
+    assert len(labeled) == 5 and labeled["label"] == [1] * 5  # 'Old', p = 0.953 >= 0.9
+    assert labeled.features == unlabeled.features
+    assert labeled[0]["image"].size == unlabeled[0]["image"].size
+
+
+def test_photos_below_the_threshold_stay_unlabeled(sure_model, unlabeled):
+    assert len(pseudo_label(sure_model, unlabeled, threshold=0.96)) == 0
+
+
+def test_threshold_must_be_a_probability(sure_model, unlabeled):
+    with pytest.raises(ValueError, match="probability"):
+        pseudo_label(sure_model, unlabeled, threshold=1.5)
+
+
+def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convnext, tmp_path):
+    root = make_bedroom_folder(tmp_path / "bedrooms", 32)
+    (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'M' if i % 2 else 'O'}\n"
+                                                              for i in range(1, 25)))
+    out = tmp_path / "run"
+    main(["--data_dir", str(root), "--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir",
+          str(tmp_path / "cache"), "--learning_rate", "0.01", "--pseudo_label_threshold", "0.5", *FAST])
+    teacher = json.loads((out / "teacher" / "hf_model_config.json").read_text())
+    student = json.loads((out / "hf_model_config.json").read_text())
+    assert "pseudo_labeled" not in teacher["split_sizes"]
+    # two classes: every photo has a class the model is at least 50% sure of
+    assert student["split_sizes"]["pseudo_labeled"] == student["split_sizes"]["unlabeled"] == 8
+    assert student["split_sizes"]["test"] == teacher["split_sizes"]["test"]  # same hand-labeled test photos
+    assert (out / "teacher" / "model.safetensors").is_file() and (out / "all_results.json").is_file()
+    assert "pseudo_labeled" in (out / "README.md").read_text()
+
+
+def test_self_training_without_unlabeled_photos_is_a_clear_error(image_folder, tiny_convnext, tmp_path):
+    with pytest.raises(ValueError, match="unlabeled photos"):
+        main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(tmp_path / "o"),
+              "--cache_dir", str(tmp_path / "cache"), "--pseudo_label_threshold", "0.9", *FAST])
