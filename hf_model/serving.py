@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +44,25 @@ HEATMAP_SIDE = 448
 SURE, UNSURE, OUT_OF_DOMAIN = "sure", "unsure", "out_of_domain"
 
 
+DAMAGED_PHOTO = "This image file is damaged or incomplete and cannot be decoded. Please upload it again."
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: a container's cgroup quota (a Space's vCPUs) when set, else the affinity mask.
+
+    ``os.cpu_count()`` reports the host's cores inside a container, which would admit far more
+    concurrent predictions than the container can run.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 quota here
+        pass
+    return count
+
+
 class UnreadablePhotoError(ValueError):
     """An upload that cannot be classified; the message says why and what to do."""
 
@@ -65,6 +85,8 @@ def open_photo(source) -> Image.Image:
             raise UnreadablePhotoError(
                 "This file is not an image the demo can read. Please upload a photo (JPEG, PNG, WebP, ...)."
             ) from err
+        except OSError as err:  # a known format whose header is cut short ("Truncated File Read")
+            raise UnreadablePhotoError(DAMAGED_PHOTO) from err
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise UnreadablePhotoError(
@@ -75,9 +97,7 @@ def open_photo(source) -> Image.Image:
     try:
         image.load()
     except OSError as err:  # truncated or corrupt data
-        raise UnreadablePhotoError(
-            "This image file is damaged or incomplete and cannot be decoded. Please upload it again."
-        ) from err
+        raise UnreadablePhotoError(DAMAGED_PHOTO) from err
     image = to_rgb(image)
     if min(image.size) < MIN_SIDE:
         raise UnreadablePhotoError(

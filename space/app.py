@@ -27,7 +27,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from hf_model.serving import OUT_OF_DOMAIN, Classifier, UnreadablePhotoError, open_photo
+from hf_model.serving import OUT_OF_DOMAIN, Classifier, UnreadablePhotoError, available_cpus, open_photo
 
 logger = logging.getLogger("space")
 
@@ -37,7 +37,7 @@ MAX_FILE_SIZE = "20mb"  # a phone photo is 3-15 MB; larger uploads are refused b
 # One torch thread per request and as many requests at once as there are cores: requests that share
 # the cores with several threads each spin-wait on one another (measured 25x slower on 2 cores).
 TORCH_THREADS = 1
-CONCURRENT_PREDICTIONS = os.cpu_count() or 1
+CONCURRENT_PREDICTIONS = available_cpus()
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this get "queue full" at once instead of a long wait
 MAX_EXAMPLES = 8
 
@@ -58,6 +58,10 @@ class Task:
     @property
     def api_name(self) -> str:
         return f"predict_{self.key}"
+
+    @property
+    def env_var(self) -> str:
+        return f"{self.key.upper()}_MODEL"
 
 
 TASKS = [
@@ -93,24 +97,30 @@ class TaskModel:
 
 
 def load_task_model(task: Task, requested: str | None = None) -> TaskModel:
-    """The requested model; else the published Hub model; else the local fallback, saying so."""
-    if requested:  # asked for by name: a failure is the user's to see, so it is not caught
+    """The model named on the command line; else the task's env var or published model; else the local one.
+
+    A model named on the command line that fails to load stops the app (the user asked for it). The
+    env var (a Space variable) or the default Hub model falls back to the local folder with a note,
+    so that a Hub hiccup at start-up does not take both tabs down.
+    """
+    if requested:
         return TaskModel(Classifier.from_pretrained(requested, task.subject), f"Model: `{requested}`.")
+    preferred = os.environ.get(task.env_var) or task.hub_id
     try:
-        return TaskModel(Classifier.from_pretrained(task.hub_id, task.subject), f"Model: `{task.hub_id}`.")
+        return TaskModel(Classifier.from_pretrained(preferred, task.subject), f"Model: `{preferred}`.")
     except Exception as err:  # offline, not published yet, or a Hub error: all mean "try the local model"
         reason = f"{type(err).__name__}: {textwrap.shorten(str(err), 160)}"
     local = REPO_ROOT / task.local_fallback
     if not (local / "config.json").is_file():
         note = (
-            f"No {task.title.lower()} model: the Hub model `{task.hub_id}` could not be loaded ({reason}) and "
+            f"No {task.title.lower()} model: `{preferred}` could not be loaded ({reason}) and "
             f"`{task.local_fallback}` holds no trained model. Train one with `python train.py --preset ...` "
-            f"or set `{task.key.upper()}_MODEL` to a model folder."
+            f"or set `{task.env_var}` to a model folder."
         )
         logger.warning(note)
         return TaskModel(None, note)
-    logger.warning("%s: could not load %s (%s); using the local model %s", task.title, task.hub_id, reason, local)
-    note = f"Model: the local `{task.local_fallback}` (the Hub model `{task.hub_id}` could not be loaded)."
+    logger.warning("%s: could not load %s (%s); using the local model %s", task.title, preferred, reason, local)
+    note = f"Model: the local `{task.local_fallback}` (`{preferred}` could not be loaded)."
     return TaskModel(Classifier.from_pretrained(str(local), task.subject), note)
 
 
@@ -230,11 +240,10 @@ def launch(demo: gr.Blocks, **kwargs):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for task in TASKS:
-        env = f"{task.key.upper()}_MODEL"
         parser.add_argument(
             f"--{task.key}_model",
-            default=os.environ.get(env),
-            help=f"model folder or Hub id (env {env}; default {task.hub_id}, else {task.local_fallback})",
+            help=f"model folder or Hub id; without it: env {task.env_var}, else {task.hub_id}, falling back to "
+            f"{task.local_fallback}",
         )
     default_examples = os.environ.get("EXAMPLES_DIR") or (
         APP_DIR / "examples" if (APP_DIR / "examples").is_dir() else None

@@ -138,6 +138,7 @@ def test_big_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
         (b"this is a text file, not a photo", "not an image"),
         (b"", "not an image"),
         ("truncated-jpeg", "damaged"),
+        ("jpeg-header-only", "damaged"),
         ("huge-png", "too big"),
         ("tiny-png", "too small"),
     ],
@@ -148,6 +149,10 @@ def test_unreadable_uploads_get_a_clear_message(tmp_path, content, message):
         buffer = io.BytesIO()
         photo(size=(300, 200)).save(buffer, format="JPEG")
         path.write_bytes(buffer.getvalue()[:2000])
+    elif content == "jpeg-header-only":  # cut inside the header: Image.open itself fails ("Truncated File Read")
+        buffer = io.BytesIO()
+        photo(size=(300, 200)).save(buffer, format="JPEG")
+        path.write_bytes(buffer.getvalue()[:100])
     elif content == "huge-png":
         Image.new("1", (10_000, 9_000)).save(path, format="PNG")  # 90 megapixels, a few KB on disk
     elif content == "tiny-png":

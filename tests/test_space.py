@@ -191,10 +191,10 @@ def test_a_photo_sent_as_a_data_url_is_read(photo):
     assert image.size == open_photo(photo).size
 
 
-def test_hub_model_out_of_reach_falls_back_to_the_local_folder(tmp_path, model_dirs):
-    task = dataclasses.replace(
-        app.TASKS[0], hub_id=str(tmp_path / "not-on-the-hub"), local_fallback=str(model_dirs["bedroom"])
-    )
+def test_hub_model_out_of_reach_falls_back_to_the_local_folder(model_dirs, monkeypatch):
+    monkeypatch.delenv("BEDROOM_MODEL", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # what a Space sees when the Hub fails
+    task = dataclasses.replace(app.TASKS[0], local_fallback=str(model_dirs["bedroom"]))
     model = app.load_task_model(task)
     assert model.classifier.labels == ["Modern", "Old"]
     assert "local" in model.note and "could not be loaded" in model.note
@@ -209,11 +209,20 @@ def test_no_model_anywhere_is_explained_in_the_tab_and_the_api(tmp_path, photo):
         app.make_predict(task, model)({"path": str(photo)})
 
 
-def test_environment_chooses_the_models_and_flags_win(monkeypatch):
-    monkeypatch.setenv("BEDROOM_MODEL", "from/env")
-    monkeypatch.setenv("BIRD_MODEL", "birds/env")
-    args = app.parse_args(["--bird_model", "birds/flag"])
-    assert (args.bedroom_model, args.bird_model) == ("from/env", "birds/flag")
+def test_environment_chooses_the_model_and_falls_back_when_it_fails(model_dirs, monkeypatch, tmp_path):
+    monkeypatch.setenv("BEDROOM_MODEL", str(model_dirs["bedroom"]))
+    model = app.load_task_model(app.TASKS[0])
+    assert model.classifier.labels == ["Modern", "Old"] and str(model_dirs["bedroom"]) in model.note
+
+    monkeypatch.setenv("BEDROOM_MODEL", str(tmp_path / "gone"))  # a Space variable pointing nowhere
+    model = app.load_task_model(dataclasses.replace(app.TASKS[0], local_fallback=str(model_dirs["bedroom"])))
+    assert model.classifier is not None and "could not be loaded" in model.note
+
+
+def test_a_model_named_on_the_command_line_must_load(tmp_path):
+    assert app.parse_args(["--bird_model", "birds/flag"]).bird_model == "birds/flag"
+    with pytest.raises((OSError, ValueError)):  # not found / not a valid Hub id: no silent fallback
+        app.load_task_model(app.TASKS[0], str(tmp_path / "gone"))
 
 
 def test_examples_come_from_the_examples_folder(examples_dir):

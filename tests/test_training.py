@@ -135,7 +135,8 @@ def test_failed_push_keeps_the_model_and_says_how_to_upload_it(image_folder, tin
     monkeypatch.setattr(hub, "resolve_token", lambda token=None: "hf_test")
     monkeypatch.setattr(hub, "publish_model", refuse)
     out = tmp_path / "run"
-    with pytest.raises(SystemExit, match=f"(?s)refused.*safe in {out}.*hf-model publish model {out} --repo_id someone/c"):
+    advice = f"(?s)refused.*safe in {out}.*hf-model publish model {out} --repo_id someone/c"
+    with pytest.raises(SystemExit, match=advice):
         main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
               "--push_to_hub", "--hub_model_id", "someone/c", "--cache_dir", str(tmp_path / "cache"), *FAST])
     assert (out / "model.safetensors").is_file()
