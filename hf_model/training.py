@@ -146,7 +146,7 @@ def fit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: s
     eval_transform = build_eval_transform(processor)
 
     history: list[dict] = []
-    stage_boundary = None
+    stage_boundary = stage1 = None
     resuming = args.resume_from_checkpoint or (_last_checkpoint(args.output_dir) if cfg.resume else None)
     if not resuming and args.process_index == 0:
         _clear_previous_run(Path(args.output_dir))
@@ -154,6 +154,7 @@ def fit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: s
         history += train_head(cfg, args, model, train_split, data["validation"], train_transform, eval_transform,
                               weights, label_names, key=cache_key(source, image_size, cfg.augmentation_key()))
         stage_boundary = max(entry.get("epoch", 0) for entry in history)
+        stage1 = (best_metric(history, args), copy.deepcopy(model.state_dict()))
     counts = set_trainable(model, cfg.unfreeze_top_blocks, keep_batchnorm_frozen=cfg.freeze_batchnorm)
     logger.info("fine-tuning %d of %d blocks: %d parameters train, %d frozen", counts["blocks"],
                 counts["of_blocks"], counts["trainable"], counts["frozen"])
@@ -171,6 +172,11 @@ def fit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: s
     )
     train_result = trainer.train(resume_from_checkpoint=resuming)
     history += _offset_epochs(trainer.state.log_history, history)
+    if stage1 and not _improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
+        # e.g. a few photos per class: fine-tuning the blocks overfits; the frozen backbone's head generalizes better
+        logger.info("stage 2's best validation %s (%s) does not beat stage 1's (%s): keeping the stage 1 model",
+                    args.metric_for_best_model, trainer.state.best_metric, stage1[0])
+        model.load_state_dict(stage1[1])
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -343,6 +349,24 @@ def evaluate_split(trainer: Trainer, dataset: Dataset, views: list, label_names:
         out["test_accuracy_without_tta"] = float((probs[0].argmax(1) == np.asarray(dataset["label"])).mean())
     out["test_samples"] = len(dataset)
     return out, mean
+
+
+def best_metric(history: list[dict], args: TrainingArguments) -> float | None:
+    """The best validation value of ``metric_for_best_model`` in a log history (what the Trainer restores)."""
+    name = args.metric_for_best_model
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    values = [entry[key] for entry in history if key in entry]
+    if not values:
+        return None
+    return max(values) if args.greater_is_better else min(values)
+
+
+def _improves(value: float | None, reference: float | None, greater_is_better: bool) -> bool:
+    if reference is None:
+        return True
+    if value is None or np.isnan(value):
+        return False
+    return value > reference if greater_is_better else value < reference
 
 
 def _offset_epochs(log_history: list[dict], before: list[dict]) -> list[dict]:

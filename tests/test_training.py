@@ -70,6 +70,20 @@ def test_two_stages_log_both_and_write_plots_and_card(image_folder, tiny_convnex
     assert "python train.py" in card.text and "learning_curves.png" in card.text
 
 
+def test_stage2_that_does_worse_than_stage1_is_not_kept(image_folder, tiny_convnext, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    caplog.set_level("INFO", logger="hf_model")
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir",
+          str(tmp_path / "cache"), "--learning_rate", "1000", "--max_grad_norm", "0", *FAST])  # stage 2 blows up
+    assert "keeping the stage 1 model" in caplog.text
+    pretrained = load_file(Path(tiny_convnext) / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    backbone = [k for k in pretrained if not k.startswith("classifier")]
+    assert all((saved[k] == pretrained[k]).all() for k in backbone)  # stage 1 trains the head only
+
+
 def test_plain_stage1_path_trains_the_head_on_images(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "run"
     main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
