@@ -45,6 +45,8 @@ MODEL_FILE_PATTERNS = (
     "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
 )
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
+SPACE_EXAMPLE_TABS = ("bedroom", "bird")  # space/app.py's task keys: examples/<key>/ under each tab
+MAX_SPACE_EXAMPLES = 8
 SPACE_ID_PLACEHOLDER = "hf-model-demo/photo-demo"  # the Space id in space/README.md's usage snippet
 # Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
 SPACE_MODEL_VARIABLES = {"BEDROOM_MODEL": "bedroom_model", "BIRD_MODEL": "bird_model"}
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             result = publish_dataset(dataset_dict, card, args.repo_id, **common)
         else:
             models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
-            result = publish_space(args.space_dir, args.repo_id, models, args.datasets, **common)
+            result = publish_space(args.space_dir, args.repo_id, models, args.datasets,
+                                   examples_dir=args.examples_dir, **common)
     except (PublishError, OSError, ValueError) as err:
         sys.exit(f"hf-model publish {args.kind}: {err}")
     if result.url is None:
@@ -106,6 +109,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for flag in SPACE_MODEL_VARIABLES.values():
         space.add_argument(f"--{flag}", help=f"model id the Space loads ({flag.replace('_', ' ')})")
     space.add_argument("--datasets", nargs="*", default=[], help="dataset ids to list in the Space card")
+    space.add_argument("--examples_dir", help="folder with bedroom/ and bird/ photos to ship as the tabs' examples "
+                                              f"(up to {MAX_SPACE_EXAMPLES} each; only photos you may publish)")
     for sub in (model, dataset, space):
         sub.add_argument("--repo_id", required=True, help="user/name or org/name on the Hub")
         sub.add_argument("--dry_run", action="store_true", help="build the repo folder, print where, upload nothing")
@@ -136,11 +141,12 @@ def publish_dataset(dataset_dict, card_path: str | Path, repo_id: str, *, token:
 
 
 def publish_space(space_dir: str | Path, repo_id: str, models: Mapping[str, str], datasets: Sequence[str] = (), *,
-                  token: str | None = None, private: bool = False, dry_run: bool = False,
-                  out_dir: str | Path | None = None) -> Published:
+                  examples_dir: str | Path | None = None, token: str | None = None, private: bool = False,
+                  dry_run: bool = False, out_dir: str | Path | None = None) -> Published:
     """Upload ``space/`` as a Gradio Space; ``models`` maps the app's variables to model ids."""
     token = None if dry_run else resolve_token(token)
-    folder = build_space_repo(space_dir, prepare_out_dir(out_dir, "space", repo_id), models, datasets, repo_id)
+    folder = build_space_repo(space_dir, prepare_out_dir(out_dir, "space", repo_id), models, datasets, repo_id,
+                              examples_dir)
     published = _upload_unless_dry_run(folder, repo_id, "space", token, private, dry_run)
     if not dry_run:
         set_space_variables(repo_id, models, token, published.url)
@@ -331,11 +337,13 @@ def size_category(num_examples: int) -> str:
 
 
 def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping[str, str],
-                     datasets: Sequence[str] = (), repo_id: str | None = None) -> Path:
+                     datasets: Sequence[str] = (), repo_id: str | None = None,
+                     examples_dir: str | Path | None = None) -> Path:
     """Copy ``space/`` and record the model ids (``{"BEDROOM_MODEL": "user/bedroom-style", ...}``) in its card.
 
     A model not given keeps the card's default; ``repo_id`` replaces the placeholder Space id in
-    the card's ``gradio_client`` snippet.
+    the card's ``gradio_client`` snippet. ``examples_dir/<bedroom|bird>/`` photos become the app's
+    ``examples/`` (the app shows them under each tab).
     """
     source, out = Path(space_dir), Path(out_dir)
     if not (source / "README.md").is_file():
@@ -359,10 +367,27 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
     if repo_id:
         card.text = card.text.replace(SPACE_ID_PLACEHOLDER, repo_id)
     card.save(out / "README.md")
+    if examples_dir:
+        copy_space_examples(Path(examples_dir), out / "examples")
     if _imports_hf_model(out) and not _requires_hf_model(out / "requirements.txt"):
         # The Space installs only requirements.txt; ship our package's source beside app.py
         shutil.copytree(Path(__file__).parent, out / "hf_model", ignore=shutil.ignore_patterns("__pycache__"))
     return out
+
+
+def copy_space_examples(examples_dir: Path, out: Path) -> None:
+    """The first photos of each tab's subfolder (``bedroom/``, ``bird/``), sorted by name."""
+    from hf_model.data import IMAGE_SUFFIXES
+
+    tabs = [examples_dir / tab for tab in SPACE_EXAMPLE_TABS if (examples_dir / tab).is_dir()]
+    if not tabs:
+        raise FileNotFoundError(f"{examples_dir} has none of the subfolders {list(SPACE_EXAMPLE_TABS)} of "
+                                "example photos")
+    for tab in tabs:
+        photos = sorted(p for p in tab.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_SPACE_EXAMPLES]
+        (out / tab.name).mkdir(parents=True, exist_ok=True)
+        for photo in photos:
+            shutil.copyfile(photo, out / tab.name / photo.name)
 
 
 def _imports_hf_model(folder: Path) -> bool:

@@ -308,6 +308,21 @@ def test_space_repo_lists_the_chosen_models(space_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "app.py", "requirements.txt"]
 
 
+def test_space_ships_the_example_photos(space_dir, tmp_path):
+    examples = tmp_path / "examples"
+    for tab, n in (("bedroom", 10), ("bird", 2)):
+        (examples / tab).mkdir(parents=True)
+        for i in range(n):
+            photo(examples / tab / f"{i:02d}.jpg", seed=i)
+    (examples / "bird" / "notes.txt").write_text("not a photo")
+    out = hub.build_space_repo(space_dir, tmp_path / "repo", {}, examples_dir=examples)
+
+    assert len(list((out / "examples" / "bedroom").iterdir())) == hub.MAX_SPACE_EXAMPLES
+    assert sorted(p.name for p in (out / "examples" / "bird").iterdir()) == ["00.jpg", "01.jpg"]
+    with pytest.raises(FileNotFoundError, match="bedroom"):
+        hub.build_space_repo(space_dir, tmp_path / "repo2", {}, examples_dir=tmp_path / "empty")
+
+
 def test_space_that_imports_hf_model_gets_the_package(space_dir, tmp_path):
     (space_dir / "app.py").write_text("import gradio as gr\n\nfrom hf_model.predict import load_classifier\n")
     out = hub.build_space_repo(space_dir, tmp_path / "repo", {})
