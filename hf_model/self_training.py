@@ -9,6 +9,7 @@ reported figures are not fooled by the teacher's mistakes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,37 @@ from hf_model.transforms import to_rgb
 
 
 def pseudo_label(model_dir: str | Path, unlabeled: Dataset, threshold: float, *, tta: bool = False,
-                 batch_size: int = 32) -> Dataset:
+                 class_shares: Sequence[float] | None = None, batch_size: int = 32) -> Dataset:
     """The photos of ``unlabeled`` that the model in ``model_dir`` labels with probability >= ``threshold``.
 
     Returns a dataset with the same features as ``unlabeled`` and the model's labels; with ``tta``
-    the photo and its mirror image are averaged, as at test time.
+    the photo and its mirror image are averaged, as at test time. With ``class_shares`` (the labeled
+    training photos' class shares) only the most confident photos of each class are kept, in those
+    shares: a teacher that leans to the larger class would otherwise tilt the student further.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"the pseudo-label threshold is a probability in (0, 1], got {threshold}")
     probs = class_probabilities(model_dir, unlabeled, tta=tta, batch_size=batch_size)
     confident = np.flatnonzero(probs.max(axis=1) >= threshold)
+    if class_shares is not None:
+        confident = balanced(confident, probs, np.asarray(class_shares, dtype=float))
     images = unlabeled.cast_column("image", ImageFeature(decode=False)).select(confident)["image"]
     return Dataset.from_dict({"image": images, "label": probs[confident].argmax(axis=1).tolist()},
                              features=unlabeled.features)
+
+
+def balanced(candidates: np.ndarray, probs: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """The largest subset of ``candidates`` whose predicted classes follow ``shares``, most confident first."""
+    predicted = probs[candidates].argmax(axis=1)
+    counts = np.bincount(predicted, minlength=len(shares))
+    present = shares > 0
+    total = np.min(counts[present] / shares[present])  # the scarcest class (relative to its share) sets the size
+    keep = []
+    for c in np.flatnonzero(present):
+        members = candidates[predicted == c]
+        ranked = members[np.argsort(-probs[members, c], kind="stable")]
+        keep += ranked[: int(np.floor(total * shares[c] + 1e-9))].tolist()
+    return np.sort(np.asarray(keep, dtype=int))
 
 
 def class_probabilities(model_dir: str | Path, dataset: Dataset, *, tta: bool = False,

@@ -116,12 +116,14 @@ def teach(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command:
     logger.info("self-training: training the teacher in %s", teacher_dir)
     fit(dataclasses.replace(cfg, pseudo_label_threshold=0.0), teacher_args, data, command, time.time(), None)
     with args.main_process_first(desc="pseudo-labels"):  # under torchrun: after rank 0 has saved the teacher
+        shares = np.bincount(data["train"]["label"], minlength=len(data["train"].features["label"].names))
         pseudo = pseudo_label(teacher_dir, data["unlabeled"], cfg.pseudo_label_threshold, tta=cfg.tta,
-                              batch_size=args.per_device_eval_batch_size)
+                              class_shares=shares / shares.sum(), batch_size=args.per_device_eval_batch_size)
     names = data["train"].features["label"].names
     counts = np.bincount(pseudo["label"], minlength=len(names))
-    logger.info("self-training: the teacher is at least %.0f%% sure of %d of %d unlabeled photos (%s); the student "
-                "trains on them too", 100 * cfg.pseudo_label_threshold, len(pseudo), len(data["unlabeled"]),
+    logger.info("self-training: %d of %d unlabeled photos get the label the teacher is at least %.0f%% sure of, "
+                "in the training photos' class shares (%s); the student trains on them too", len(pseudo),
+                len(data["unlabeled"]), 100 * cfg.pseudo_label_threshold,
                 ", ".join(f"{n} {c}" for n, c in zip(names, counts)))
     return pseudo
 
@@ -220,6 +222,8 @@ def cross_validate(cfg: TrainConfig, args: TrainingArguments, command: str) -> d
         fold_args = dataclasses.replace(args, output_dir=str(root / f"fold-{fold}"), push_to_hub=False)
         logger.info("cross-validation fold %d of %d", fold + 1, cfg.cv_folds)
         per_fold.append(train(fold_cfg, fold_args, command))
+    for metrics in per_fold:  # per-class F1 as flat keys, so it is averaged like the rest
+        metrics.update({f"test_f1_{name}": row["f1"] for name, row in metrics.get("test_per_class", {}).items()})
     keys = [k for k, v in per_fold[0].items() if isinstance(v, float)]
     summary = {k.removeprefix("test_"): {"mean": float(np.mean([m[k] for m in per_fold])),
                                          "std": float(np.std([m[k] for m in per_fold])),

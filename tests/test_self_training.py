@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_bedroom_folder, make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 
-from hf_model.self_training import pseudo_label
+from hf_model.self_training import balanced, pseudo_label
 from hf_model.training import main
 
 FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
@@ -51,6 +52,16 @@ def test_photos_below_the_threshold_stay_unlabeled(sure_model, unlabeled):
     assert len(pseudo_label(sure_model, unlabeled, threshold=0.96)) == 0
 
 
+def test_balanced_keeps_the_class_shares_and_the_surest_photos():
+    probs = np.array([[0.99, 0.01], [0.95, 0.05], [0.91, 0.09], [0.90, 0.10], [0.02, 0.98], [0.3, 0.7]])
+    candidates = np.arange(5)  # the last photo is under the threshold
+    # 4 confident 'Modern', 1 confident 'Old'; shares 40/60: 'Old' is scarce, so 1 Old and 0.67 -> 0 Modern...
+    assert balanced(candidates, probs, np.array([0.4, 0.6])).tolist() == [4]
+    # ...and at 50/50: 1 of each, the surest Modern first
+    assert balanced(candidates, probs, np.array([0.5, 0.5])).tolist() == [0, 4]
+    assert balanced(candidates, probs, np.array([0.8, 0.2])).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_threshold_must_be_a_probability(sure_model, unlabeled):
     with pytest.raises(ValueError, match="probability"):
         pseudo_label(sure_model, unlabeled, threshold=1.5)
@@ -66,8 +77,8 @@ def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convne
     teacher = json.loads((out / "teacher" / "hf_model_config.json").read_text())
     student = json.loads((out / "hf_model_config.json").read_text())
     assert "pseudo_labeled" not in teacher["split_sizes"]
-    # two classes: every photo has a class the model is at least 50% sure of
-    assert student["split_sizes"]["pseudo_labeled"] == student["split_sizes"]["unlabeled"] == 8
+    # two classes: every photo has a class the model is at least 50% sure of; balancing may drop some
+    assert 0 < student["split_sizes"]["pseudo_labeled"] <= student["split_sizes"]["unlabeled"] == 8
     assert student["split_sizes"]["test"] == teacher["split_sizes"]["test"]  # same hand-labeled test photos
     assert (out / "teacher" / "model.safetensors").is_file() and (out / "all_results.json").is_file()
     assert "pseudo_labeled" in (out / "README.md").read_text()

@@ -102,6 +102,7 @@ def test_cross_validation_tests_every_photo_once(image_folder, tiny_convnext, tm
     saved = json.loads((out / "cv_results.json").read_text())
     assert len(saved["accuracy"]["folds"]) == 3
     assert saved["accuracy"]["mean"] == pytest.approx(sum(saved["accuracy"]["folds"]) / 3)
+    assert len(saved["f1_red"]["folds"]) == 3 and 0 <= saved["f1_blue"]["mean"] <= 1
 
 
 def test_rerun_resumes_from_the_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
