@@ -174,7 +174,7 @@ def fit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command: s
     )
     train_result = trainer.train(resume_from_checkpoint=resuming)
     history += _offset_epochs(trainer.state.log_history, history)
-    if stage1 and not _improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
+    if stage1 and not improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
         # e.g. a few photos per class: fine-tuning the blocks overfits; the frozen backbone's head generalizes better
         logger.info("stage 2's best validation %s (%s) does not beat stage 1's (%s): keeping the stage 1 model",
                     args.metric_for_best_model, trainer.state.best_metric, stage1[0])
@@ -365,7 +365,8 @@ def best_metric(history: list[dict], args: TrainingArguments) -> float | None:
     return max(values) if args.greater_is_better else min(values)
 
 
-def _improves(value: float | None, reference: float | None, greater_is_better: bool) -> bool:
+def improves(value: float | None, reference: float | None, greater_is_better: bool) -> bool:
+    """Whether ``value`` beats ``reference``; a missing or NaN value (a diverged run) never does."""
     if reference is None:
         return True
     if value is None or np.isnan(value):

@@ -52,9 +52,11 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_convnext(tmp_path_factory) -> str:
     """A random-init HF-native ConvNeXt with its image processor: the Hub-model code path, offline."""
+    import torch
     from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
 
     out = tmp_path_factory.mktemp("tiny_convnext")
+    torch.manual_seed(0)  # the same random weights in every session: no test depends on a lucky draw
     config = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=10)
     ConvNextForImageClassification(config).save_pretrained(out)
     ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,7 +68,16 @@ def test_threshold_must_be_a_probability(sure_model, unlabeled):
         pseudo_label(sure_model, unlabeled, threshold=1.5)
 
 
-def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convnext, tmp_path):
+def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convnext, tmp_path, monkeypatch):
+    import hf_model.self_training as self_training
+
+    def teacher_knows_the_colours(model_dir, dataset, **kwargs):  # what a good teacher answers, whatever it learned
+        assert (Path(model_dir) / "model.safetensors").is_file()
+        paths = dataset.cast_column("image", Image(decode=False))["image"]
+        odd = np.array([int(Path(p["path"]).stem.split("_")[1]) % 2 for p in paths])
+        return np.stack([np.where(odd, 0.95, 0.05), np.where(odd, 0.05, 0.95)], axis=1)  # odd numbers: Modern
+
+    monkeypatch.setattr(self_training, "class_probabilities", teacher_knows_the_colours)
     root = make_bedroom_folder(tmp_path / "bedrooms", 32)
     (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'M' if i % 2 else 'O'}\n"
                                                               for i in range(1, 25)))
@@ -77,8 +87,8 @@ def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convne
     teacher = json.loads((out / "teacher" / "hf_model_config.json").read_text())
     student = json.loads((out / "hf_model_config.json").read_text())
     assert "pseudo_labeled" not in teacher["split_sizes"]
-    # two classes: every photo has a class the model is at least 50% sure of; balancing may drop some
-    assert 0 < student["split_sizes"]["pseudo_labeled"] <= student["split_sizes"]["unlabeled"] == 8
+    # 4 Modern and 4 Old photos are confident; balancing to the train split's shares keeps most of them
+    assert 6 <= student["split_sizes"]["pseudo_labeled"] <= student["split_sizes"]["unlabeled"] == 8
     assert student["split_sizes"]["test"] == teacher["split_sizes"]["test"]  # same hand-labeled test photos
     assert (out / "teacher" / "model.safetensors").is_file() and (out / "all_results.json").is_file()
     assert "pseudo_labeled" in (out / "README.md").read_text()

@@ -13,7 +13,7 @@ from conftest import SHARED_DATA, make_photo
 from transformers import pipeline
 
 from hf_model.config import PRESETS
-from hf_model.training import main, parse_args
+from hf_model.training import best_metric, improves, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
@@ -70,18 +70,35 @@ def test_two_stages_log_both_and_write_plots_and_card(image_folder, tiny_convnex
     assert "python train.py" in card.text and "learning_curves.png" in card.text
 
 
-def test_stage2_that_does_worse_than_stage1_is_not_kept(image_folder, tiny_convnext, tmp_path, caplog):
+def test_stage2_that_does_worse_than_stage1_is_not_kept(image_folder, tiny_convnext, tmp_path, caplog, monkeypatch):
     from safetensors.torch import load_file
 
+    import hf_model.training as training
+
+    monkeypatch.setattr(training, "improves", lambda *args: False)  # stage 2 loses on validation
     out = tmp_path / "run"
     caplog.set_level("INFO", logger="hf_model")
     main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir",
-          str(tmp_path / "cache"), "--learning_rate", "1000", "--max_grad_norm", "0", *FAST])  # stage 2 blows up
+          str(tmp_path / "cache"), "--learning_rate", "0.01", *FAST])
     assert "keeping the stage 1 model" in caplog.text
     pretrained = load_file(Path(tiny_convnext) / "model.safetensors")
     saved = load_file(out / "model.safetensors")
     backbone = [k for k in pretrained if not k.startswith("classifier")]
     assert all((saved[k] == pretrained[k]).all() for k in backbone)  # stage 1 trains the head only
+
+
+@pytest.mark.parametrize(("value", "reference", "greater", "expected"), [
+    (0.4, 0.5, False, True), (0.6, 0.5, False, False), (0.5, 0.5, False, False), (float("nan"), 0.5, False, False),
+    (None, 0.5, False, False), (0.9, 0.8, True, True), (0.7, None, False, True)])
+def test_a_stage_improves_only_on_a_strictly_better_number(value, reference, greater, expected):
+    assert improves(value, reference, greater) is expected
+
+
+def test_best_metric_reads_the_eval_entries_of_a_log():
+    _, args = parse_args(["--data_dir", "x", "--output_dir", "o"])
+    history = [{"loss": 0.1}, {"eval_loss": 0.7}, {"eval_loss": 0.4}, {"eval_loss": 0.5}]
+    assert best_metric(history, args) == 0.4
+    assert best_metric([{"loss": 0.1}], args) is None
 
 
 def test_plain_stage1_path_trains_the_head_on_images(image_folder, tiny_convnext, tmp_path):
