@@ -47,13 +47,14 @@ def main() -> None:
     size = BACKBONES[cfg.backbone].image_size
     source = resolve_backbone(cfg.backbone)
     folds = [(i, cli.cv_folds) for i in range(cli.cv_folds)] if cli.cv_folds > 1 else [None]
+    splits = [build_dataset(cli.data_dir, split_fractions=cfg.split_fractions, seed=args.seed, cv_fold=fold)
+              for fold in folds]
+    labels = splits[0]["train"].features["label"].names
+    model = load_model(source, labels, size)  # the backbone is what counts; its new head is never used
+    eval_tf = build_eval_transform(load_image_processor(source, model.config, size))
+    cache = Path(default_cache_dir()) / "features" / cache_key(source, size, cfg.augmentation_key()) / "eval"
     scores = []
-    for fold in folds:
-        data = build_dataset(cli.data_dir, split_fractions=cfg.split_fractions, seed=args.seed, cv_fold=fold)
-        labels = data["train"].features["label"].names
-        model = load_model(source, labels, size)
-        eval_tf = build_eval_transform(load_image_processor(source, model.config, size))
-        cache = Path(default_cache_dir()) / "features" / cache_key(source, size, cfg.augmentation_key()) / "eval"
+    for data in splits:
         train_split = concatenate_datasets([data["train"], data["validation"]])
         train, test = (extract_features(model, split, [eval_tf], cache, desc="features")[:, 0]
                        for split in (train_split, data["test"]))

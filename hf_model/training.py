@@ -115,11 +115,11 @@ def teach(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, command:
     teacher_args = dataclasses.replace(args, output_dir=str(teacher_dir), push_to_hub=False)
     logger.info("self-training: training the teacher in %s", teacher_dir)
     fit(dataclasses.replace(cfg, pseudo_label_threshold=0.0), teacher_args, data, command, time.time(), None)
+    names = data["train"].features["label"].names
+    shares = np.bincount(data["train"]["label"], minlength=len(names))
     with args.main_process_first(desc="pseudo-labels"):  # under torchrun: after rank 0 has saved the teacher
-        shares = np.bincount(data["train"]["label"], minlength=len(data["train"].features["label"].names))
         pseudo = pseudo_label(teacher_dir, data["unlabeled"], cfg.pseudo_label_threshold, tta=cfg.tta,
                               class_shares=shares / shares.sum(), batch_size=args.per_device_eval_batch_size)
-    names = data["train"].features["label"].names
     counts = np.bincount(pseudo["label"], minlength=len(names))
     logger.info("self-training: %d of %d unlabeled photos get the label the teacher is at least %.0f%% sure of, "
                 "in the training photos' class shares (%s); the student trains on them too", len(pseudo),
