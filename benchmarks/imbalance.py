@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_model.backbones import BACKBONES, default_cache_dir, load_image_processor, load_model, resolve_backbone
-from hf_model.data import build_dataset
-from hf_model.features import cache_key, extract_features
-from hf_model.freezing import classifier_of
+from hf_model.adapters import adapter_for
+from hf_model.backbones import default_cache_dir
+from hf_model.config import parse_args
+from hf_model.data import load_data, oversampled
+from hf_model.features import extract_features
 from hf_model.metrics import ClassificationMetrics, softmax
-from hf_model.training import class_weights, oversampled, parse_args, train_head
-from hf_model.transforms import build_eval_transform, build_train_transform
+from hf_model.training import balanced_class_weights, cross_entropy_loss, setup_model, train_head
 
 VARIANTS = {"plain": {}, "class_weights auto": {"class_weights": "auto"}, "oversample": {"oversample": True}}
 
@@ -37,28 +37,20 @@ def main() -> None:
     cli = parser.parse_args()
     cfg, args = parse_args(["--preset", "bedrooms", "--data_dir", cli.data_dir, "--output_dir",
                             tempfile.mkdtemp(prefix="imbalance-"), "--disable_tqdm", "true"])
-    size = BACKBONES[cfg.backbone].image_size
-    source = resolve_backbone(cfg.backbone)
-    key = cache_key(source, size, cfg.augmentation_key())
     scores: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for fold in range(cli.folds):
-        data = build_dataset(cli.data_dir, split_fractions=cfg.split_fractions, seed=args.seed,
-                             cv_fold=(fold, cli.folds))
+        data = load_data(cfg, args.seed, (fold, cli.folds))
         labels = data["train"].features["label"].names
         for name, change in VARIANTS.items():
             variant = replace(cfg, **change)
-            model = load_model(source, labels, size).to(memory_format=torch.channels_last)
-            processor = load_image_processor(source, model.config, size)
-            eval_tf = build_eval_transform(processor)
-            train_tf = build_train_transform(processor, size, zoom=cfg.zoom, rotation=cfg.rotation, shift=cfg.shift,
-                                              shear=cfg.shear, hflip=cfg.hflip, brightness=cfg.brightness)
+            setup = setup_model(variant, labels)
             train_split = oversampled(data["train"], args.seed) if variant.oversample else data["train"]
-            weights = class_weights(train_split["label"], 2) if variant.class_weights == "auto" else None
-            train_head(variant, args, model, train_split, data["validation"], train_tf, eval_tf, weights, labels, key)
-            test = extract_features(model, data["test"], [eval_tf],
-                                    Path(default_cache_dir()) / "features" / key / "eval")[:, 0]
+            weights = balanced_class_weights(train_split["label"], 2) if variant.class_weights == "auto" else None
+            train_head(variant, args, setup, train_split, data["validation"], cross_entropy_loss(weights))
+            test = extract_features(setup.model, data["test"], [setup.eval_transform],
+                                    Path(default_cache_dir()) / "features" / setup.feature_key / "eval")[:, 0]
             with torch.no_grad():
-                logits = classifier_of(model)(torch.from_numpy(test)).numpy()
+                logits = adapter_for(setup.model).classifier(setup.model)(torch.from_numpy(test)).numpy()
             scores[name].append(ClassificationMetrics(keep_in_memory=True).compute(
                 predictions=softmax(logits), references=data["test"]["label"], label_names=labels, detailed=True))
     results = {}

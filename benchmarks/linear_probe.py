@@ -25,12 +25,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hf_model.backbones import BACKBONES, default_cache_dir, load_image_processor, load_model, resolve_backbone
-from hf_model.data import build_dataset
-from hf_model.features import cache_key, extract_features
+from hf_model.backbones import default_cache_dir
+from hf_model.config import parse_args
+from hf_model.data import load_data
+from hf_model.features import extract_features
 from hf_model.metrics import ClassificationMetrics
-from hf_model.training import parse_args
-from hf_model.transforms import build_eval_transform
+from hf_model.training import setup_model
 
 
 def main() -> None:
@@ -44,15 +44,12 @@ def main() -> None:
     cli = parser.parse_args()
     cfg, args = parse_args(["--preset", cli.preset, "--data_dir", cli.data_dir, "--output_dir", tempfile.mkdtemp(),
                             *(["--backbone", cli.backbone] if cli.backbone else [])])
-    size = BACKBONES[cfg.backbone].image_size
-    source = resolve_backbone(cfg.backbone)
     folds = [(i, cli.cv_folds) for i in range(cli.cv_folds)] if cli.cv_folds > 1 else [None]
-    splits = [build_dataset(cli.data_dir, split_fractions=cfg.split_fractions, seed=args.seed, cv_fold=fold)
-              for fold in folds]
+    splits = [load_data(cfg, args.seed, fold) for fold in folds]
     labels = splits[0]["train"].features["label"].names
-    model = load_model(source, labels, size)  # the backbone is what counts; its new head is never used
-    eval_tf = build_eval_transform(load_image_processor(source, model.config, size))
-    cache = Path(default_cache_dir()) / "features" / cache_key(source, size, cfg.augmentation_key()) / "eval"
+    setup = setup_model(cfg, labels)  # the backbone is what counts; its new head is never used
+    model, eval_tf = setup.model, setup.eval_transform
+    cache = Path(default_cache_dir()) / "features" / setup.feature_key / "eval"
     scores = []
     for data in splits:
         train_split = concatenate_datasets([data["train"], data["validation"]])

@@ -17,32 +17,24 @@ import tempfile
 import time
 from dataclasses import replace
 
-import torch
-
-from hf_model.backbones import BACKBONES, default_cache_dir, load_image_processor, load_model, resolve_backbone
-from hf_model.data import build_dataset
-from hf_model.features import cache_key
-from hf_model.training import parse_args, train_head
-from hf_model.transforms import build_eval_transform, build_train_transform
+from hf_model.backbones import default_cache_dir
+from hf_model.config import parse_args
+from hf_model.data import load_data
+from hf_model.reports import LearningCurvesCallback
+from hf_model.training import cross_entropy_loss, setup_model, train_head
 
 
 def run(data_dir: str, epochs: int, feature_cache: bool, cache_dir: str) -> dict:
     cfg, args = parse_args(["--preset", "bedrooms", "--data_dir", data_dir, "--output_dir",
                             tempfile.mkdtemp(prefix="stage1-"), "--disable_tqdm", "true"])
     cfg = replace(cfg, feature_cache=feature_cache, head_epochs=epochs, head_patience=epochs, cache_dir=cache_dir)
-    data = build_dataset(data_dir, split_fractions=cfg.split_fractions, seed=args.seed)
-    labels = data["train"].features["label"].names
-    size = BACKBONES[cfg.backbone].image_size
-    source = resolve_backbone(cfg.backbone)
-    model = load_model(source, labels, size).to(memory_format=torch.channels_last)
-    processor = load_image_processor(source, model.config, size)
-    train_tf = build_train_transform(processor, size, zoom=cfg.zoom, rotation=cfg.rotation, shift=cfg.shift,
-                                     shear=cfg.shear, hflip=cfg.hflip, brightness=cfg.brightness)
+    data = load_data(cfg, args.seed)
+    setup = setup_model(cfg, data["train"].features["label"].names)
+    curves = LearningCurvesCallback(args.output_dir)  # holds the stage's log history
     started = time.perf_counter()
-    history = train_head(cfg, args, model, data["train"], data["validation"], train_tf,
-                         build_eval_transform(processor), None, labels,
-                         key=cache_key(source, size, cfg.augmentation_key()))
+    train_head(cfg, args, setup, data["train"], data["validation"], cross_entropy_loss(None), curves)
     total = time.perf_counter() - started
+    history = curves.history
     summary = next(e for e in history if "train_runtime" in e)
     evals = [e for e in history if "eval_accuracy" in e]
     return {

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from hf_model.adapters import adapter_for
+
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
@@ -86,6 +88,19 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
     if name.count("/") == 1:
         return name  # a Hub id; from_pretrained reports an unreachable Hub itself
     raise ValueError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)}, a model directory or a Hub id")
+
+
+def default_image_size(name: str) -> int | None:
+    """The input size a registry backbone was pretrained at; None for folders and Hub ids (their processor says)."""
+    return BACKBONES[name].image_size if name in BACKBONES else None
+
+
+def base_model_id(name: str) -> str | None:
+    """The Hub id of a backbone's pretrained weights, for a model card's ``base_model``; None for a local folder."""
+    if name in BACKBONES:
+        entry = BACKBONES[name]
+        return entry.hub_id or f"timm/tf_efficientnet_lite{entry.lite_variant}.in1k"
+    return None if Path(name).exists() else name
 
 
 def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
@@ -163,8 +178,8 @@ def _lite_weights_path(variant: int) -> Path:
 def load_model(source: str, labels: list[str], image_size: int | None = None):
     """A pretrained backbone with a fresh head for ``labels``, its config naming them.
 
-    ``image_size`` is recorded in the config (``timm_wrapper``) so that the saved model's
-    preprocessing matches training.
+    ``image_size`` is recorded where the architecture keeps it (its adapter's ``set_image_size``),
+    so that the saved model's preprocessing matches training.
     """
     from transformers import AutoModelForImageClassification
 
@@ -175,33 +190,18 @@ def load_model(source: str, labels: list[str], image_size: int | None = None):
         label2id={name: i for i, name in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
-    if image_size and model.config.model_type == "timm_wrapper":
-        cfg = dict(model.config.pretrained_cfg)
-        cfg["input_size"] = [3, image_size, image_size]
-        cfg["pool_size"] = [image_size // 32, image_size // 32]
-        model.config.pretrained_cfg = cfg
+    if image_size:
+        adapter_for(model).set_image_size(model, image_size)
     return model
 
 
 def load_image_processor(source: str, model_config=None, image_size: int | None = None):
     """The preprocessing that ``pipeline()`` will apply to the saved model, sized for training.
 
-    ``timm_wrapper`` models keep it in ``config.json`` (``pretrained_cfg``), so it is rebuilt from
-    the model's config; HF-native models get their saved image processor resized.
+    Where it comes from is the architecture's adapter's answer: ``timm_wrapper`` models keep it in
+    ``config.json``; HF-native models get their saved image processor resized.
     """
-    from transformers import AutoImageProcessor
+    from transformers import AutoConfig
 
-    if model_config is not None and model_config.model_type == "timm_wrapper":
-        from transformers import TimmWrapperImageProcessor
-
-        return TimmWrapperImageProcessor(pretrained_cfg=model_config.pretrained_cfg,
-                                         architecture=model_config.architecture)
-    processor = AutoImageProcessor.from_pretrained(source)
-    if image_size:
-        if "shortest_edge" in processor.size:
-            processor.size = {"shortest_edge": image_size}
-        else:
-            processor.size = {"height": image_size, "width": image_size}
-        if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None):
-            processor.crop_size = {"height": image_size, "width": image_size}
-    return processor
+    config = model_config if model_config is not None else AutoConfig.from_pretrained(source)
+    return adapter_for(config).load_processor(source, config, image_size)

@@ -1,7 +1,8 @@
 """Calibrate when a trained model should say "this is not a bedroom" or "I am unsure", and store it.
 
 ``calibrate("runs/bedrooms", ["../shared/data/rooms_other"])`` rebuilds the run's own splits
-(from ``hf_model_config.json``), then:
+(from its run record, ``hf_model_config.json``: folder or Hub dataset, labels file, split
+fractions, seed, cross-validation fold), then:
 
 1. runs the ImageNet gate (:class:`hf_model.serving.DomainGate`) over the training photos: their mean
    ImageNet class probabilities are the task's *profile*;
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -24,13 +26,13 @@ import numpy as np
 from datasets import Image as ImageFeature
 
 from hf_model.backbones import DEFAULT_BACKBONE
-from hf_model.data import IMAGE_SUFFIXES, build_dataset
+from hf_model.config import load_run_config
+from hf_model.data import load_data
+from hf_model.images import list_images
 from hf_model.serving import DEFAULT_UNSURE_BELOW, Calibration, Classifier, domain_scores, load_gate, open_photo
-from hf_model.training import RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEED = 42  # TrainingArguments' default, which decides the splits when the run config has no seed
 MAX_IN_DOMAIN_REJECTION = 0.05
 
 
@@ -46,12 +48,9 @@ def calibrate(
     batch_size: int = 32,
 ) -> dict:
     """Choose and save the thresholds of ``model_dir``; returns the report stored with them."""
-    record = json.loads((Path(model_dir) / RUN_CONFIG_FILE).read_text())
-    data = build_dataset(
-        str(data_dir or record["config"]["data_dir"]),
-        split_fractions=record["config"]["split_fractions"],
-        seed=record.get("seed", DEFAULT_SEED),
-    )
+    record = load_run_config(model_dir)
+    cfg = dataclasses.replace(record.config, data_dir=str(data_dir)) if data_dir else record.config
+    data = load_data(cfg, record.training_args.seed, record.cv_fold)  # exactly the splits the model trained on
     others = out_of_domain_photos(out_of_domain_dirs)
     if len(others) < 2:
         raise ValueError(f"need at least 2 out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}")
@@ -118,7 +117,7 @@ def out_of_domain_photos(folders: list[str | Path]) -> list[Path]:
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise FileNotFoundError(f"out-of-domain folder {folder} does not exist")
-        photos += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        photos += list_images(folder)
     return photos
 
 

@@ -1,18 +1,32 @@
-"""One config for a training run, plus named presets.
+"""One config for a training run, its presets, the CLI that fills it, and the run record that stores it.
 
 ``TrainConfig`` holds what ``TrainingArguments`` does not: data, backbone, augmentation and
-the fine-tuning recipe. ``train.py`` parses both with ``HfArgumentParser``; a ``--preset``
-only changes defaults, so any flag given on the command line still wins.
+the fine-tuning recipe. ``parse_args`` fills both from the command line with ``HfArgumentParser``;
+a ``--preset`` only changes defaults, so any flag given on the command line still wins. A finished
+run writes both into ``hf_model_config.json`` (:class:`RunRecord`), and :func:`load_run_config`
+loads them back, so calibration, publishing and studies rebuild exactly the run's data.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, field
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser, TrainingArguments
 
 from hf_model.backbones import DEFAULT_BACKBONE
+
+DEFAULT_SPLIT_FRACTIONS = (0.76, 0.14, 0.10)  # train, validation, test
+DEFAULT_SEED = 42  # TrainingArguments' default seed, which also decides the splits
+TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one photo
+CLASS_WEIGHTS = ("none", "auto")
+RUN_CONFIG_FILE = "hf_model_config.json"
 
 
 @dataclass
@@ -28,7 +42,7 @@ class TrainConfig:
     image_column: str = field(default="image", metadata={"help": "image column of a Hub dataset"})
     label_column: str = field(default="label", metadata={"help": "label column of a Hub dataset"})
     split_fractions: list[float] = field(
-        default_factory=lambda: [0.76, 0.14, 0.10], metadata={"help": "train, validation, test shares"})
+        default_factory=lambda: list(DEFAULT_SPLIT_FRACTIONS), metadata={"help": "train, validation, test shares"})
     skip_bad_images: bool = field(default=False, metadata={"help": "skip unreadable photos with a warning"})
     backbone: str = field(default=DEFAULT_BACKBONE, metadata={"help": "registry name, model dir or Hub id"})
     image_size: int | None = field(default=None, metadata={"help": "input size (default: the backbone's)"})
@@ -49,16 +63,39 @@ class TrainConfig:
     head_dropout: float = field(default=0.2, metadata={"help": "dropout before the head in stage 1"})
     feature_cache: bool = field(default=True, metadata={"help": "stage 1 on cached backbone features (fast)"})
     feature_views: int = field(default=5, metadata={"help": "views per photo in the cache: 1 plain + augmented"})
-    class_weights: str = field(default="none", metadata={"help": "none or auto (balanced cross-entropy)"})
+    class_weights: str = field(default="none", metadata={
+        "help": "none or auto (balanced cross-entropy)", "choices": list(CLASS_WEIGHTS)})
     oversample: bool = field(default=False, metadata={"help": "repeat smaller classes' photos to balance"})
     tta: bool = field(default=False, metadata={"help": "test-time augmentation: average with the mirrored photo"})
     pseudo_label_threshold: float = field(default=0.0, metadata={
         "help": "self-training: > 0 first trains a teacher (in output_dir/teacher), then trains again with the "
                 "unlabeled photos it labels at least this surely (bedrooms); 0: off"})
     cv_folds: int = field(default=0, metadata={"help": "k > 1: k-fold cross-validation instead of one split"})
-    cv_fold: tuple[int, int] | None = field(default=None, metadata={"help": argparse.SUPPRESS})
     resume: bool = field(default=True, metadata={"help": "continue from the last checkpoint in output_dir"})
     early_stopping_patience: int = field(default=5, metadata={"help": "epochs without improvement before stopping"})
+
+    def __post_init__(self) -> None:
+        """Reject values no run can use, naming the flag (``HfArgumentParser`` builds this dataclass)."""
+        fractions = [float(f) for f in self.split_fractions]
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"--split_fractions takes three shares (train, validation, test) that sum to 1, "
+                             f"got {self.split_fractions}")
+        checks = [
+            (self.stages in (1, 2), "--stages must be 1 (one fine-tuning stage) or 2 (head first, then the top "
+                                    "blocks)"),
+            (self.class_weights in CLASS_WEIGHTS, f"--class_weights must be one of {list(CLASS_WEIGHTS)}, "
+                                                  f"got {self.class_weights!r}"),
+            (0 <= self.pseudo_label_threshold <= 1, "--pseudo_label_threshold is a probability: 0 (off) to 1"),
+            (self.cv_folds == 0 or self.cv_folds >= 2, "--cv_folds is 0 (off) or a number of folds, at least 2"),
+            (self.feature_views >= 1, "--feature_views counts views per photo: at least 1"),
+            (0 < self.zoom <= 1, "--zoom is the smallest crop's share of the photo: more than 0, at most 1"),
+            (self.unfreeze_top_blocks >= -1, "--unfreeze_top_blocks is a number of blocks, or -1 for all"),
+            (0 <= self.head_dropout < 1, "--head_dropout is a probability below 1"),
+            (self.image_size is None or self.image_size >= 32, "--image_size is in pixels: at least 32"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     def augmentation_key(self) -> str:
         """What decides the cached augmented views: change any of it and the cache is not reused."""
@@ -116,3 +153,84 @@ PRESETS: dict[str, dict] = {
         "tta": True,
     },
 }
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArguments]:
+    """CLI -> (TrainConfig, TrainingArguments); ``--preset`` sets defaults that flags override.
+
+    A bad value exits with a usage error naming the flag (argparse's exit code 2), not a traceback.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((TrainConfig, TrainingArguments))
+    parser.set_defaults(**BASE_DEFAULTS)
+    preset, _ = parser.parse_known_args(argv)
+    if preset.preset:
+        if preset.preset not in PRESETS:
+            parser.error(f"unknown preset {preset.preset!r}; choose from {sorted(PRESETS)}")
+        parser.set_defaults(**PRESETS[preset.preset])
+    try:
+        cfg, args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:  # raised by TrainConfig.__post_init__ or TrainingArguments' own checks
+        parser.error(str(err))
+    if not cfg.data_dir and not cfg.dataset:
+        parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
+    if cfg.cv_folds and args.push_to_hub:
+        parser.error("--push_to_hub publishes one model, and --cv_folds trains one per fold: cross-validate "
+                     "without --push_to_hub, then train the model to publish without --cv_folds")
+    return cfg, args
+
+
+@dataclass
+class RunRecord:
+    """What one run did, written beside its model as ``hf_model_config.json`` and loaded back whole.
+
+    Like nanoGPT's checkpointed config: nothing about a run is reconstructed by hand. ``cv_fold``
+    is ``(fold, folds)`` for a cross-validation fold, whose test split is that fold.
+    """
+
+    config: TrainConfig
+    training_args: TrainingArguments
+    command: str = ""
+    cv_fold: tuple[int, int] | None = None
+    image_size: int | None = None  # the input size the model was trained at
+    label_source: str = ""
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        args = {k: v for k, v in self.training_args.to_dict().items() if not k.endswith("_token")}  # no secrets
+        return {"command": self.command, "config": asdict(self.config), "training_args": args,
+                "cv_fold": list(self.cv_fold) if self.cv_fold else None, "image_size": self.image_size,
+                "label_source": self.label_source, "split_sizes": self.split_sizes}
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write ``model_dir/hf_model_config.json`` atomically (a crash never leaves half a record)."""
+        path = Path(model_dir) / RUN_CONFIG_FILE
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, default=str)
+        os.replace(tmp, path)
+        return path
+
+
+def load_run_config(model_dir: str | Path) -> RunRecord:
+    """The :class:`RunRecord` of a trained folder: its ``TrainConfig`` and ``TrainingArguments`` as trained.
+
+    Raises ``FileNotFoundError`` when the folder holds no ``hf_model_config.json`` (not trained by
+    ``train.py``). Records written before ``training_args`` was stored give the recorded seed and
+    ``TrainingArguments`` defaults for the rest.
+    """
+    path = Path(model_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {model_dir} was not trained with train.py "
+                                "(its run record says which photos, splits and settings it was trained on)")
+    raw = json.loads(path.read_text())
+    if not isinstance(raw.get("config"), dict):
+        raise ValueError(f"{path} holds no 'config' section: it is not a run record written by train.py")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in raw["config"].items() if k in known})
+    args = raw.get("training_args") or {"output_dir": str(model_dir), "seed": raw.get("seed", DEFAULT_SEED)}
+    init = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    training_args = TrainingArguments(**{k: v for k, v in args.items() if k in init})
+    cv_fold = raw.get("cv_fold") or raw["config"].get("cv_fold")  # older records kept the fold in the config
+    return RunRecord(config, training_args, raw.get("command", ""), tuple(cv_fold) if cv_fold else None,
+                     raw.get("image_size"), raw.get("label_source", ""), raw.get("split_sizes", {}))

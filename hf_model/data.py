@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets, load_dataset
+
+from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 BEDROOM_CLASSES = {"M": "Modern", "O": "Old"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # Two photos are near-duplicates when both their 64-bit pHash and dHash differ in at most
 # this many bits (the rule behind shared/data/bedrooms/duplicates.csv).
 NEAR_DUPLICATE_BITS = 10
@@ -53,8 +54,8 @@ def build_dataset(
     labels_file: str | None = None,
     image_column: str = "image",
     label_column: str = "label",
-    split_fractions: Sequence[float] = (0.76, 0.14, 0.10),
-    seed: int = 42,
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = DEFAULT_SEED,
     skip_bad_images: bool = False,
     cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
@@ -76,6 +77,34 @@ def build_dataset(
     else:
         return build_imagefolder_dataset(data_dir, split_fractions, seed, skip_bad_images, cv_fold)
     return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
+
+
+def load_data(cfg: TrainConfig, seed: int, cv_fold: tuple[int, int] | None = None) -> DatasetDict:
+    """The splits a run with ``cfg`` and ``seed`` trains on: the one way every command rebuilds a run's data."""
+    return build_dataset(cfg.data_dir, cfg.dataset, labels_file=cfg.labels_file, image_column=cfg.image_column,
+                         label_column=cfg.label_column, split_fractions=cfg.split_fractions, seed=seed,
+                         skip_bad_images=cfg.skip_bad_images, cv_fold=cv_fold)
+
+
+def training_photos(data: DatasetDict, oversample: bool, seed: int) -> Dataset:
+    """The train split, plus the ``pseudo_labeled`` split of self-training, oversampled when asked."""
+    photos = data["train"]
+    if "pseudo_labeled" in data:
+        photos = concatenate_datasets([photos, data["pseudo_labeled"]])
+    return oversampled(photos, seed) if oversample else photos
+
+
+def oversampled(dataset: Dataset, seed: int) -> Dataset:
+    """Repeat photos of the smaller classes until every class is as large as the largest."""
+    labels = np.asarray(dataset["label"])
+    rng = np.random.default_rng(seed)
+    target = np.bincount(labels).max()
+    ids = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        extra = rng.choice(members, target - len(members), replace=True) if len(members) < target else []
+        ids += [*members, *extra]
+    return dataset.select(sorted(ids))
 
 
 def detect_layout(data_dir: str | Path) -> str:
@@ -246,7 +275,10 @@ def build_hub_dataset(
     loaded = loaded.select_columns([image_column, label_column])
     loaded = loaded.rename_columns({c: t for c, t in [(image_column, "image"), (label_column, "label")] if c != t})
     if not isinstance(first.features[label_column], ClassLabel):
-        loaded = loaded.class_encode_column("label")
+        # one ClassLabel for every split: class_encode_column per split would number a split's classes on its own
+        loaded = loaded.cast_column("label", Value("string"))  # ints too, named like class_encode_column does
+        names = sorted({label for split in loaded.values() for label in split.unique("label")})
+        loaded = loaded.cast_column("label", ClassLabel(names=names))
     loaded = loaded.cast_column("image", Image())
     if "validation" not in loaded and "valid" in loaded:
         loaded["validation"] = loaded.pop("valid")

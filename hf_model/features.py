@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_model.freezing import classifier_of
+from hf_model.adapters import adapter_for
 
 
 class HeadModel(nn.Module):
@@ -76,7 +76,8 @@ def extract_features(
         model.eval()
         device = next(model.parameters()).device
         captured: list[torch.Tensor] = []
-        hook = classifier_of(model).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+        classifier = adapter_for(model).classifier(model)
+        hook = classifier.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
         try:
             for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch"):
                 ids = todo[start:start + batch_size]

@@ -2,41 +2,16 @@
 
 Stage 1 trains only the new head on a frozen backbone; stage 2 unfreezes the top blocks. A
 "block" is a whole unit of the network (an MBConv block, a ConvNeXt layer, the head conv), never
-a slice of one. BatchNorm stays frozen and in eval mode throughout: its statistics were fitted
-on ImageNet and a few hundred photos in small batches would only make them noisier.
+a slice of one; which units a model has, and where its classifier is, its adapter says
+(:mod:`hf_model.adapters`). BatchNorm stays frozen and in eval mode throughout: its statistics
+were fitted on ImageNet and a few hundred photos in small batches would only make them noisier.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-
-def classifier_of(model: nn.Module) -> nn.Module:
-    """The final linear layer that maps pooled features to class logits."""
-    if hasattr(model, "timm_model"):
-        return model.timm_model.get_classifier()
-    if isinstance(getattr(model, "classifier", None), nn.Module):
-        return model.classifier
-    raise ValueError(f"don't know where the classifier of {type(model).__name__} is")
-
-
-def backbone_blocks(model: nn.Module) -> list[nn.Module]:
-    """The backbone's blocks from input to output, each a unit that is frozen or trained whole."""
-    if hasattr(model, "timm_model"):
-        net = model.timm_model
-        if hasattr(net, "blocks") and hasattr(net, "conv_head"):  # timm EfficientNet family
-            return [nn.ModuleList([net.conv_stem, net.bn1]), *[b for stage in net.blocks for b in stage],
-                    nn.ModuleList([net.conv_head, net.bn2])]
-        return [m for name, m in net.named_children() if m is not net.get_classifier()]
-    if hasattr(model, "efficientnet"):  # transformers EfficientNet
-        enc = model.efficientnet.encoder
-        return [model.efficientnet.embeddings, *enc.blocks, nn.ModuleList([enc.top_conv, enc.top_bn])]
-    if hasattr(model, "convnext"):  # transformers ConvNeXt
-        body = model.convnext
-        layers = [layer for stage in body.encoder.stages for layer in [stage.downsampling_layer, *stage.layers]]
-        return [body.embeddings, *layers, body.layernorm]
-    base = getattr(model, model.base_model_prefix)
-    return list(base.children())
+from hf_model.adapters import adapter_for
 
 
 def set_trainable(model: nn.Module, top_blocks: int, keep_batchnorm_frozen: bool = True) -> dict[str, int]:
@@ -44,12 +19,13 @@ def set_trainable(model: nn.Module, top_blocks: int, keep_batchnorm_frozen: bool
 
     Returns counts of trainable and frozen parameters, for the log.
     """
+    adapter = adapter_for(model)
     model.requires_grad_(False)
-    blocks = backbone_blocks(model)
+    blocks = adapter.blocks(model)
     chosen = blocks if top_blocks < 0 else blocks[len(blocks) - top_blocks:] if top_blocks else []
     for block in chosen:
         block.requires_grad_(True)
-    classifier_of(model).requires_grad_(True)
+    adapter.classifier(model).requires_grad_(True)
     if keep_batchnorm_frozen:
         freeze_batchnorm(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -28,8 +28,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import DatasetCard, HfApi, ModelCard, ModelCardData, SpaceCard, get_token
+from huggingface_hub import DatasetCard, HfApi, ModelCard, SpaceCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+
+from hf_model.adapters import adapter_for
+from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
+from hf_model.images import list_images
+from hf_model.reports import write_run_card
+from hf_model.space_tasks import MAX_EXAMPLES, TASKS
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +51,9 @@ MODEL_FILE_PATTERNS = (
     "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
 )
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
-SPACE_EXAMPLE_TABS = ("bedroom", "bird")  # space/app.py's task keys: examples/<key>/ under each tab
-MAX_SPACE_EXAMPLES = 8
 SPACE_ID_PLACEHOLDER = "hf-model-demo/photo-demo"  # the Space id in space/README.md's usage snippet
 # Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
-SPACE_MODEL_VARIABLES = {"BEDROOM_MODEL": "bedroom_model", "BIRD_MODEL": "bird_model"}
+SPACE_MODEL_VARIABLES = {task.env_var: task.flag for task in TASKS}  # {"BEDROOM_MODEL": "bedroom_model", ...}
 DATASET_CARD_FIELDS = ("license", "task_categories", "pretty_name")
 MAX_SHARD_BYTES = 500 * 10**6  # what datasets' push_to_hub uses
 ROWS_PER_ROW_GROUP = 100  # small row groups let the dataset viewer read a page of images without the whole shard
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.kind == "model":
             result = publish_model(args.model_dir, args.repo_id, **common)
         elif args.kind == "dataset":
-            dataset_dict, card = load_dataset_to_publish(args.data_dir, args.card, args.split_fractions, args.seed)
+            dataset_dict, card = load_dataset_to_publish(args.source, args.card, args.split_fractions, args.seed)
             result = publish_dataset(dataset_dict, card, args.repo_id, **common)
         else:
             models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
@@ -98,19 +102,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     kinds = parser.add_subparsers(dest="kind", required=True)
     model = kinds.add_parser("model", help="a trained model folder (train.py --output_dir)")
     model.add_argument("model_dir", help="the trained model folder, e.g. runs/bedrooms")
-    dataset = kinds.add_parser("dataset", help="a photo folder as Parquet train/validation/test (+ unlabeled)")
-    dataset.add_argument("data_dir", help="the photo folder, e.g. ../shared/data/bedrooms")
+    dataset = kinds.add_parser("dataset", help="a run's photos as Parquet train/validation/test (+ unlabeled)")
+    dataset.add_argument("source", help="a trained model folder, e.g. runs/bedrooms (its run record gives the photos, "
+                                        "split fractions and seed it was trained with), or a photo folder")
     dataset.add_argument("--card", help="dataset card (default: datasets_cards/<bedrooms|birds>/README.md)")
     dataset.add_argument("--split_fractions", type=float, nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"),
-                         help="default: the training preset's, so the published splits are the ones trained on")
-    dataset.add_argument("--seed", type=int, default=42, help="split seed; the --seed the model was trained with")
+                         help=f"photo folder only (default: {' '.join(map(str, DEFAULT_SPLIT_FRACTIONS))})")
+    dataset.add_argument("--seed", type=int, default=DEFAULT_SEED, help="photo folder only: the split seed")
     space = kinds.add_parser("space", help="the Gradio demo in space/")
     space.add_argument("space_dir", nargs="?", default=str(PROJECT_ROOT / "space"), help="default: space/")
     for flag in SPACE_MODEL_VARIABLES.values():
         space.add_argument(f"--{flag}", help=f"model id the Space loads ({flag.replace('_', ' ')})")
     space.add_argument("--datasets", nargs="*", default=[], help="dataset ids to list in the Space card")
-    space.add_argument("--examples_dir", help="folder with bedroom/ and bird/ photos to ship as the tabs' examples "
-                                              f"(up to {MAX_SPACE_EXAMPLES} each; only photos you may publish)")
+    tab_folders = " and ".join(f"{task.key}/" for task in TASKS)
+    space.add_argument("--examples_dir", help=f"folder with {tab_folders} photos to ship as the tabs' examples "
+                                              f"(up to {MAX_EXAMPLES} each; only photos you may publish)")
     for sub in (model, dataset, space):
         sub.add_argument("--repo_id", required=True, help="user/name or org/name on the Hub")
         sub.add_argument("--dry_run", action="store_true", help="build the repo folder, print where, upload nothing")
@@ -151,6 +157,25 @@ def publish_space(space_dir: str | Path, repo_id: str, models: Mapping[str, str]
     if not dry_run:
         set_space_variables(repo_id, models, token, published.url)
     return published
+
+
+def repo_to_push(args) -> str | None:
+    """The repo ``train.py --push_to_hub`` publishes to (``TrainingArguments``); the token is checked now,
+    not after an hour of training."""
+    if not args.push_to_hub:
+        return None
+    resolve_token(args.hub_token)
+    return args.hub_model_id or Path(args.output_dir).name
+
+
+def publish_trained_model(output_dir: str, repo_id: str, args) -> None:
+    """Upload a finished training's model folder; a failed upload exits saying how to retry without training."""
+    try:
+        published = publish_model(output_dir, repo_id, token=args.hub_token, private=bool(args.hub_private_repo))
+    except PublishError as err:  # the training is done and saved: only the upload needs redoing
+        sys.exit(f"Publishing failed: {err}\nThe trained model is safe in {output_dir}; upload it without "
+                 f"training again: hf-model publish model {output_dir} --repo_id {repo_id}")
+    print(f"Published to {published.url}", flush=True)
 
 
 def _upload_unless_dry_run(folder: Path, repo_id: str, repo_type: str, token: str | None, private: bool,
@@ -208,10 +233,14 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
         target = out / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)  # copyfile, not copy2: the files get ordinary permissions
-    if config.model_type != "timm_wrapper" and not (out / "preprocessor_config.json").is_file():
+    if adapter_for(config).saves_processor and not (out / "preprocessor_config.json").is_file():
         processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
     card_path = out / "README.md"
-    card = ModelCard.load(card_path) if card_path.is_file() else minimal_model_card(source, labels)
+    if not card_path.is_file():  # a folder not written by train.py: the same card writer, from what the folder holds
+        logger.warning("%s has no README.md; writing a model card from its config, results and run record", source)
+        record = load_run_config(source) if (source / RUN_CONFIG_FILE).is_file() else None
+        write_run_card(out, record, _read_json(source / "all_results.json"), labels, repo_id)
+    card = ModelCard.load(card_path)
     # the Hub picks the widget and the "Use this model" snippet from these two fields
     card.data.library_name = card.data.library_name or "transformers"
     card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
@@ -229,28 +258,6 @@ def _model_files(source: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def minimal_model_card(model_dir: Path, labels: list[str]) -> ModelCard:
-    """A short card from the run's own files, for folders that hf_model.reports has not written one into."""
-    logger.warning("%s has no README.md; writing a minimal model card (hf_model.reports writes the full one)",
-                   model_dir)
-    results = _read_json(model_dir / "all_results.json")
-    run = _read_json(model_dir / "hf_model_config.json")
-    metrics = {k.removeprefix("test_"): v for k, v in results.items()
-               if k.startswith("test_") and isinstance(v, float) and not k.endswith(("runtime", "per_second"))}
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
-                         tags=["image-classification", "hf-model"])
-    lines = [f"# {model_dir.name}", "", f"Image classifier for {len(labels)} classes: {', '.join(labels[:20])}"
-             + (" ..." if len(labels) > 20 else "") + "."]
-    if metrics:
-        lines += ["", "| test metric | value |", "| --- | --- |", *(f"| {k} | {v:.3f} |" for k, v in metrics.items())]
-    if run.get("command"):
-        lines += ["", "Trained with:", "", "```bash", run["command"], "```"]
-    lines += ["", "```python", "from transformers import pipeline", "",
-              f'classifier = pipeline("image-classification", model="{model_dir}")',
-              'classifier("photo.jpg")', "```"]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -258,18 +265,29 @@ def _read_json(path: Path) -> dict:
 # ----------------------------------------------------------------------------------- dataset repo
 
 
-def load_dataset_to_publish(data_dir: str, card: str | None, split_fractions: Sequence[float] | None,
-                            seed: int):
-    """The same ``DatasetDict`` training builds (preset split fractions, same seed), and its card."""
-    from hf_model.config import PRESETS
-    from hf_model.data import build_dataset, detect_layout
+def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequence[float] | None = None,
+                            seed: int = DEFAULT_SEED):
+    """The ``DatasetDict`` to publish and its card path.
 
-    layout = detect_layout(data_dir)
-    card_path = Path(card) if card else CARDS_DIR / layout / "README.md"
+    ``source`` is a trained model folder (its run record rebuilds exactly the splits it was trained
+    and tested on) or a photo folder (split with ``split_fractions`` and ``seed``).
+    """
+    from hf_model.data import detect_layout, load_data
+
+    if (Path(source) / RUN_CONFIG_FILE).is_file():
+        record = load_run_config(source)
+        cfg, seed, fold = record.config, record.training_args.seed, record.cv_fold
+    else:
+        cfg, fold = TrainConfig(data_dir=source, split_fractions=list(split_fractions or DEFAULT_SPLIT_FRACTIONS)), None
+    if card:
+        card_path = Path(card)
+    elif cfg.data_dir:
+        card_path = CARDS_DIR / detect_layout(cfg.data_dir) / "README.md"
+    else:
+        raise ValueError(f"{source} was trained on the Hub dataset {cfg.dataset}: pass --card with its dataset card")
     if not card_path.is_file():
         raise FileNotFoundError(f"no dataset card at {card_path}: write one (see datasets_cards/) and pass --card")
-    fractions = split_fractions or PRESETS.get(layout, {}).get("split_fractions", (0.76, 0.14, 0.10))
-    return build_dataset(data_dir, split_fractions=fractions, seed=seed), card_path
+    return load_data(cfg, seed, fold), card_path
 
 
 def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path,
@@ -359,7 +377,7 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
     app_file = card.data.get("app_file") or "app.py"
     if not (out / app_file).is_file():
         raise FileNotFoundError(f"{source}/README.md names app_file {app_file!r}, which is not in {source}")
-    # the card lists the default models in SPACE_MODEL_VARIABLES order (bedroom, bird)
+    # the card lists the default models in TASKS order (bedroom, bird)
     chosen = dict(zip(SPACE_MODEL_VARIABLES, card.data.get("models") or []))
     card.data.models = list({**chosen, **models}.values())
     if datasets:
@@ -376,18 +394,16 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
 
 
 def copy_space_examples(examples_dir: Path, out: Path) -> None:
-    """The first photos of each tab's subfolder (``bedroom/``, ``bird/``), sorted by name."""
-    from hf_model.data import IMAGE_SUFFIXES
-
-    tabs = [examples_dir / tab for tab in SPACE_EXAMPLE_TABS if (examples_dir / tab).is_dir()]
+    """The first photos under each tab's subfolder (``bedroom/``, ``bird/``), in the order the app lists them."""
+    keys = [task.key for task in TASKS]
+    tabs = [examples_dir / key for key in keys if (examples_dir / key).is_dir()]
     if not tabs:
-        raise FileNotFoundError(f"{examples_dir} has none of the subfolders {list(SPACE_EXAMPLE_TABS)} of "
-                                "example photos")
+        raise FileNotFoundError(f"{examples_dir} has none of the subfolders {keys} of example photos")
     for tab in tabs:
-        photos = sorted(p for p in tab.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_SPACE_EXAMPLES]
-        (out / tab.name).mkdir(parents=True, exist_ok=True)
-        for photo in photos:
-            shutil.copyfile(photo, out / tab.name / photo.name)
+        for photo in list_images(tab)[:MAX_EXAMPLES]:
+            target = out / tab.name / photo.relative_to(tab)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, target)
 
 
 def _imports_hf_model(folder: Path) -> bool:

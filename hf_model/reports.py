@@ -1,13 +1,16 @@
-"""What a finished run shows: learning curves, confusion matrix, worst mistakes, and the model card.
+"""Everything a finished run writes for people: plots, the model card, the run record, the summary line.
 
-Each ``plot_*`` function writes one PNG and returns its path; the ``draw_*`` function behind it
-returns the matplotlib ``Figure`` so tests can look at what was drawn. Figures are built on the
-Agg canvas directly (no pyplot), so nothing opens a window, touches the global backend or stays
-in memory after saving. ``write_model_card`` writes ``README.md`` with ``huggingface_hub.ModelCard``.
+:func:`write_reports` writes them all at the end of a run; :class:`LearningCurvesCallback` draws
+the learning curves when each stage's ``Trainer`` finishes. Each ``plot_*`` function writes one PNG
+and returns its path; the ``draw_*`` function behind it returns the matplotlib ``Figure`` so tests
+can look at what was drawn. Figures are built on the Agg canvas directly (no pyplot), so nothing
+opens a window, touches the global backend or stays in memory after saving. :func:`write_run_card`
+writes ``README.md`` with ``huggingface_hub.ModelCard``, for training and for publishing alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import textwrap
@@ -19,6 +22,11 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from scipy.stats import binomtest
+from transformers import TrainerCallback
+
+from hf_model.backbones import base_model_id
+from hf_model.config import TOP_K, RunRecord
 
 LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
@@ -41,6 +49,64 @@ CARD_METRICS = {
 }
 MAX_CARD_CLASSES = 30  # per-class rows in the card; the rest stay in all_results.json
 DPI = 110
+LOG_HISTORY_JSON = "log_history.json"
+
+
+# ---------------------------------------------------------------- the end of a run
+
+def write_reports(output_dir: str | Path, record: RunRecord, metrics: dict, probs: np.ndarray, test,
+                  seconds: float, model_id: str | None = None) -> str:
+    """Write the test plots, the run record and the model card into ``output_dir``; return the summary line.
+
+    ``metrics`` are the ``test_*`` metrics (with ``test_confusion_matrix``), ``probs`` the test
+    photos' class probabilities (photos, classes), ``test`` the test split (image, label).
+    """
+    output_dir = Path(output_dir)
+    label_names = test.features["label"].names
+    plot_confusion_matrix(metrics["test_confusion_matrix"], label_names, output_dir / CONFUSION_MATRIX_PNG)
+    truth = np.asarray(test["label"])
+    plot_top_losses(list(test["image"]), [label_names[i] for i in truth], [label_names[i] for i in probs.argmax(1)],
+                    probs.max(axis=1), output_dir / TOP_LOSSES_PNG,
+                    losses=-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)))
+    record.save(output_dir)
+    write_run_card(output_dir, record, metrics, label_names, model_id)
+    return summary_line(metrics, seconds, output_dir)
+
+
+def summary_line(metrics: dict, seconds: float, output_dir: str | Path) -> str:
+    """``Done in 3m25s: test accuracy 0.872, macro-F1 0.863, roc-auc 0.853 on 39 test photos. Model saved to ...``"""
+    parts = [f"test accuracy {metrics['test_accuracy']:.3f}", f"macro-F1 {metrics['test_f1_macro']:.3f}"]
+    for key in ("test_roc_auc", f"test_top{TOP_K}_accuracy"):
+        if key in metrics:
+            parts.append(f"{key.removeprefix('test_').replace('_', '-')} {metrics[key]:.3f}")
+    minutes, secs = divmod(int(seconds), 60)
+    return (f"Done in {minutes}m{secs:02d}s: " + ", ".join(parts)
+            + f" on {metrics['test_samples']} test photos. Model saved to {output_dir}")
+
+
+class LearningCurvesCallback(TrainerCallback):
+    """Writes ``log_history.json`` and ``learning_curves.png`` into ``output_dir`` as each stage ends.
+
+    Give the same instance to every stage's ``Trainer``: each stage's epochs continue after the
+    previous stage's, so the curves run on one axis with the stage boundaries dashed.
+    """
+
+    def __init__(self, output_dir: str | Path):
+        self.output_dir = Path(output_dir)
+        self.history: list[dict] = []
+        self.boundaries: list[float] = []
+
+    def on_train_end(self, args, state, control, **kwargs):
+        offset = max((entry.get("epoch", 0) for entry in self.history), default=0)
+        if self.history:
+            self.boundaries.append(offset)
+        stage = len(self.boundaries) + 1
+        self.history += [dict(entry, epoch=entry.get("epoch", 0) + offset, stage=stage) for entry in state.log_history]
+        if state.is_world_process_zero:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / LOG_HISTORY_JSON).write_text(json.dumps(self.history, indent=1))
+            plot_learning_curves(self.history, self.output_dir / LEARNING_CURVES_PNG,
+                                 stage_boundaries=self.boundaries or None)
 
 
 # ---------------------------------------------------------------- learning curves
@@ -223,17 +289,17 @@ classifier("photo.jpg", top_k={{ top_k }})
 Labels: {{ label_source }}.
 
 {{ splits_table }}
-
+{% if command %}
 Trained with this exact command:
 
 ```bash
 {{ command }}
 ```
-
+{% endif %}{% if hyperparameters_table %}
 ### Hyperparameters
 
 {{ hyperparameters_table }}
-{% if plots %}
+{% endif %}{% if plots %}
 ## Plots
 {% for name, caption in plots %}
 ![{{ caption }}]({{ name }})
@@ -266,17 +332,48 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
     )
     card = ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE, model_name=model_name, model_id=model_id or str(output_dir),
-        summary=_summary(base_model, dataset, label_names), top_k=min(5, len(label_names)),
+        summary=_summary(base_model, dataset, label_names), top_k=min(TOP_K, len(label_names)),
         results_table=results_table(metrics, count_test_photos(metrics, split_sizes), len(label_names)),
         per_class_table=per_class_table(metrics.get("test_per_class", {})), label_source=label_source,
-        splits_table=_table(["split", "photos"], list(split_sizes.items())), command=command,
-        hyperparameters_table=_table(["hyperparameter", "value"], sorted(hyperparameters.items())),
+        splits_table=_table(["split", "photos"], list(split_sizes.items())) if split_sizes else "",
+        command=command,
+        hyperparameters_table=_table(["hyperparameter", "value"], sorted(hyperparameters.items()))
+        if hyperparameters else "",
         plots=[(name, PLOT_CAPTIONS.get(name, Path(name).stem.replace("_", " "))) for name in plots],
         intended_use=_intended_use(dataset, label_names),
         limits=_limits(metrics, split_sizes, label_source, len(label_names), limitations),
     )
     card.save(output_dir / "README.md")
     return card
+
+
+def write_run_card(output_dir: str | Path, record: RunRecord | None, metrics: dict, label_names: Sequence[str],
+                   model_id: str | None = None) -> ModelCard:
+    """The model card of a trained folder, from its run record (when there is one) and test metrics.
+
+    Training writes it at the end of a run; publishing writes it for a folder that has none. The
+    plots listed are those of ``PLOT_CAPTIONS`` present in the folder.
+    """
+    plots = [name for name in PLOT_CAPTIONS if (Path(output_dir) / name).is_file()]
+    if record is None:
+        return write_model_card(output_dir, base_model=None, dataset=None, metrics=metrics, command="",
+                                hyperparameters={}, label_names=label_names, plots=plots,
+                                label_source="the training folder", split_sizes={}, model_id=model_id)
+    return write_model_card(
+        output_dir, base_model=base_model_id(record.config.backbone), dataset=record.config.dataset, metrics=metrics,
+        command=record.command, hyperparameters=card_hyperparameters(record), label_names=label_names, plots=plots,
+        label_source=record.label_source, split_sizes=record.split_sizes, model_id=model_id)
+
+
+def card_hyperparameters(record: RunRecord) -> dict:
+    """The card's hyperparameter table: the main ``TrainingArguments`` and the recipe (not the data paths)."""
+    args = record.training_args
+    return {"seed": args.seed, "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
+            "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
+            "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+            "image_size": record.image_size,
+            **{k: v for k, v in dataclasses.asdict(record.config).items()
+               if k not in ("data_dir", "dataset", "preset", "cache_dir")}}
 
 
 def eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
@@ -293,6 +390,8 @@ def eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
 def results_table(metrics: dict, test_photos: int | None, n_classes: int) -> str:
     rows = [[name, f"{metrics[key]:.3f}"] for key, (_, name, _) in CARD_METRICS.items()
             if key in metrics]
+    if not rows:
+        return "No test results were recorded with this model."
     if test_photos and "test_accuracy" in metrics:
         low, high = wilson_interval(metrics["test_accuracy"], test_photos)
         rows[0][1] += f" (95% CI {low:.3f}–{high:.3f}, Wilson, n={test_photos})"
@@ -313,11 +412,9 @@ def per_class_table(per_class: dict[str, dict], limit: int = MAX_CARD_CLASSES) -
     return _table(["class", "precision", "recall", "F1", "photos"], rows) + note
 
 
-def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Approximate 95% confidence interval of an accuracy measured on ``n`` photos (Wilson score)."""
-    center = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, center - half), min(1.0, center + half)
+def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
+    """95% confidence interval of an accuracy measured on ``n`` photos: Wilson's score interval (scipy)."""
+    return tuple(binomtest(round(accuracy * n), n).proportion_ci(confidence_level=0.95, method="wilson"))
 
 
 def count_test_photos(metrics: dict, split_sizes: dict[str, int]) -> int | None:

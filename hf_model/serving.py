@@ -7,8 +7,8 @@
   the top-k scores, a verdict (sure, unsure, out of domain), one plain sentence and an optional heat map.
 - Out of domain: a generic ImageNet classifier (the :class:`DomainGate`) says what the photo shows; the
   photo is in domain when those ImageNet classes overlap the ones the training photos got.
-- Heat map: Grad-CAM on the model's last convolutional feature map (timm CNNs through ``timm_wrapper``,
-  and HF-native CNNs such as ConvNeXt and EfficientNet).
+- Heat map: Grad-CAM on the model's last convolutional feature map, which the model's adapter finds
+  (:mod:`hf_model.adapters`: timm CNNs through ``timm_wrapper``, HF-native ConvNeXt and EfficientNet).
 
 Only runtime dependencies are imported here (torch, transformers, timm, PIL, numpy): the Space runs it.
 """
@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from hf_model.adapters import adapter_for
 from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
-from hf_model.transforms import normalization, to_rgb
+from hf_model.predict import class_probabilities
+from hf_model.transforms import build_eval_transform, normalization, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -155,9 +157,7 @@ class DomainGate:
         self.processor = load_image_processor(source, self.model.config)
 
     def imagenet_probabilities(self, images: list[Image.Image]) -> np.ndarray:
-        pixels = _pixels(self.processor, images)
-        with torch.inference_mode():
-            return self.model(pixels).logits.softmax(-1).float().numpy()
+        return class_probabilities(self.model, build_eval_transform(self.processor), images)
 
 
 @functools.cache
@@ -200,8 +200,7 @@ class Classifier:
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities for a batch of RGB images, shape (n, classes)."""
-        with torch.inference_mode():
-            return self.model(_pixels(self.processor, images)).logits.softmax(-1).float().numpy()
+        return class_probabilities(self.model, build_eval_transform(self.processor), images)
 
     def predict(self, image: Image.Image, top_k: int = 5, heatmap: bool = False) -> Prediction:
         """Top-k scores, verdict and sentence for one RGB image; a Grad-CAM heat map when asked and in domain."""
@@ -239,15 +238,7 @@ class Classifier:
 
     def logits_and_feature_map(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The logits and the last feature map they were pooled from (None where the model has none)."""
-        model = self.model
-        if model.config.model_type == "timm_wrapper":
-            features = model.timm_model.forward_features(pixels)
-            return model.timm_model.forward_head(features), features
-        outputs = model.base_model(pixels)  # ConvNeXt, EfficientNet, ResNet: classifier(pooler_output)
-        pooled = getattr(outputs, "pooler_output", None)
-        if pooled is None or not hasattr(model, "classifier"):
-            return model(pixels).logits, None
-        return model.classifier(pooled), outputs.last_hidden_state
+        return adapter_for(self.model).logits_and_feature_map(self.model, pixels)
 
 
 def percent(p: float) -> str:

@@ -26,14 +26,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def normalization(processor) -> tuple[list[float], list[float], InterpolationMode]:
-    """Mean, std and resize interpolation of a timm or HF-native image processor."""
-    if hasattr(processor, "data_config"):  # TimmWrapperImageProcessor
-        cfg = processor.data_config
-        return list(cfg["mean"]), list(cfg["std"]), InterpolationMode(cfg.get("interpolation", "bicubic"))
-    resample = getattr(processor, "resample", 3)
+    """Mean, std and resize interpolation of an image processor, read where its class keeps them."""
+    read = _NORMALIZATION_READERS.get(type(processor).__name__, _hf_normalization)
+    return read(processor)
+
+
+def _hf_normalization(processor) -> tuple[list[float], list[float], InterpolationMode]:
+    """HF-native processors: ``image_mean``, ``image_std`` and a PIL ``resample`` code."""
     names = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-    return (list(processor.image_mean), list(processor.image_std),
-            InterpolationMode(names.get(int(resample), "bilinear")))
+    resample = int(getattr(processor, "resample", 3))
+    return list(processor.image_mean), list(processor.image_std), InterpolationMode(names.get(resample, "bilinear"))
+
+
+def _timm_normalization(processor) -> tuple[list[float], list[float], InterpolationMode]:
+    """``TimmWrapperImageProcessor``: timm's ``data_config``."""
+    cfg = processor.data_config
+    return list(cfg["mean"]), list(cfg["std"]), InterpolationMode(cfg.get("interpolation", "bicubic"))
+
+
+def _efficientnet_normalization(processor) -> tuple[list[float], list[float], InterpolationMode]:
+    """transformers' EfficientNet processor, a port of Keras': ``include_top`` divides by std a second
+    time, and ``rescale_offset`` maps pixels to [-1, 1] before normalizing. Returned as one mean and std
+    on [0, 1] pixels, what ``T.ToDtype(scale=True)`` then ``T.Normalize`` compute.
+    """
+    mean, std, interpolation = _hf_normalization(processor)
+    scale = 255 * processor.rescale_factor  # the processor's pixels per [0, 1] pixel
+    offset = 1.0 if processor.rescale_offset else 0.0
+    twice = processor.include_top
+    return ([(m + offset) / scale for m in mean], [s * (s if twice else 1.0) / scale for s in std], interpolation)
+
+
+# keyed by class name, so that this module need not import transformers (and, through it, timm)
+_NORMALIZATION_READERS = {
+    "TimmWrapperImageProcessor": _timm_normalization,
+    "EfficientNetImageProcessor": _efficientnet_normalization,
+    "EfficientNetImageProcessorPil": _efficientnet_normalization,
+}
 
 
 def build_train_transform(
@@ -74,3 +102,11 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Stack a batch in channels_last, which roughly doubles conv speed on CPU."""
     pixels = torch.stack([e["pixel_values"] for e in examples]).contiguous(memory_format=torch.channels_last)
     return {"pixel_values": pixels, "labels": torch.tensor([e["labels"] for e in examples])}
+
+
+def test_time_views(tta: bool) -> list[Callable[[Image.Image], Image.Image]]:
+    """Test-time augmentation, defined once: the photo itself, plus its mirror image when ``tta``."""
+    views = [lambda image: image]
+    if tta:
+        views.append(lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    return views

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import gradio as gr
 import torch
-from PIL import Image
 
+from hf_model.images import list_images
 from hf_model.serving import OUT_OF_DOMAIN, Classifier, UnreadablePhotoError, available_cpus, open_photo
+from hf_model.space_tasks import MAX_EXAMPLES, TASKS, Task
 
 logger = logging.getLogger("space")
 
@@ -39,53 +40,6 @@ MAX_FILE_SIZE = "20mb"  # a phone photo is 3-15 MB; larger uploads are refused b
 TORCH_THREADS = 1
 CONCURRENT_PREDICTIONS = available_cpus()
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this get "queue full" at once instead of a long wait
-MAX_EXAMPLES = 8
-
-
-@dataclass(frozen=True)
-class Task:
-    """One tab: what it classifies, where its model comes from, how its answer reads."""
-
-    key: str  # names the env var (BEDROOM_MODEL), the flag (--bedroom_model) and the endpoint (/predict_bedroom)
-    title: str
-    subject: str  # what an in-domain photo shows, for the sentences
-    rejection_label: str  # the label shown instead of a class when the photo is out of domain
-    hub_id: str  # the model we publish; the default
-    local_fallback: str  # a model folder under the repository root, used when the Hub is out of reach
-    top_k: int
-    about: str
-
-    @property
-    def api_name(self) -> str:
-        return f"predict_{self.key}"
-
-    @property
-    def env_var(self) -> str:
-        return f"{self.key.upper()}_MODEL"
-
-
-TASKS = [
-    Task(
-        key="bedroom",
-        title="Bedroom style",
-        subject="a bedroom",
-        rejection_label="Not a bedroom",
-        hub_id="hf-model-demo/bedroom-style",
-        local_fallback="runs/bedrooms",
-        top_k=2,
-        about="Is this bedroom **Modern** or **Old**-fashioned? Upload, paste or take a photo of a bedroom.",
-    ),
-    Task(
-        key="bird",
-        title="Bird species",
-        subject="a bird",
-        rejection_label="Not a bird",
-        hub_id="hf-model-demo/bird-species",
-        local_fallback="runs/birds",
-        top_k=5,
-        about="Which of 525 bird species is this? Upload, paste or take a photo of one bird.",
-    ),
-]
 
 
 @dataclass
@@ -227,9 +181,7 @@ def example_photos(examples_dir: str | Path | None, task: Task) -> list[str]:
     """Up to MAX_EXAMPLES photos from ``<examples_dir>/<task key>/``; none when there is no such folder."""
     if not examples_dir or not (Path(examples_dir) / task.key).is_dir():
         return []
-    folder = Path(examples_dir) / task.key
-    readable = Image.registered_extensions()  # every suffix PIL opens (.jpg, .png, .webp, ...)
-    return [str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in readable][:MAX_EXAMPLES]
+    return [str(p) for p in list_images(Path(examples_dir) / task.key)[:MAX_EXAMPLES]]
 
 
 def launch(demo: gr.Blocks, **kwargs):
@@ -241,7 +193,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for task in TASKS:
         parser.add_argument(
-            f"--{task.key}_model",
+            f"--{task.flag}",
             help=f"model folder or Hub id; without it: env {task.env_var}, else {task.hub_id}, falling back to "
             f"{task.local_fallback}",
         )
@@ -265,10 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     models = {}
     for task in TASKS:
         try:
-            models[task.key] = load_task_model(task, getattr(args, f"{task.key}_model"))
+            models[task.key] = load_task_model(task, getattr(args, task.flag))
         except Exception as err:
             raise SystemExit(
-                f"could not load the {task.title.lower()} model {getattr(args, f'{task.key}_model')!r}: {err}"
+                f"could not load the {task.title.lower()} model {getattr(args, task.flag)!r}: {err}"
             ) from err
     demo = build_demo(models, args.examples_dir)
     launch(demo, server_name=args.server_name, server_port=args.server_port)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+# Hermetic: the datasets/evaluate caches and matplotlib's config go to a folder of this session, not $HOME
+# (set before any test module imports those libraries).
+_SESSION_HOME = tempfile.mkdtemp(prefix="hf_model_tests-")
+os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "huggingface")
+os.environ["MPLCONFIGDIR"] = os.path.join(_SESSION_HOME, "matplotlib")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -21,6 +28,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "real_data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def backbone_cache(tmp_path_factory) -> Iterator[Path]:
+    """Converted backbones go to a folder of this session, never ~/.cache/hf_model (converted once per session)."""
+    folder = tmp_path_factory.mktemp("hf_model_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_MODEL_CACHE", str(folder))  # read by hf_model.backbones.default_cache_dir
+        yield folder
 
 
 def make_photo(path: Path, colour: tuple[int, int, int], size: int = 48, seed: int = 0) -> Path:

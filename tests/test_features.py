@@ -1,12 +1,10 @@
 import numpy as np
 import pytest
-import torch
 from conftest import make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 
 from hf_model.backbones import load_image_processor, load_model
-from hf_model.features import HeadModel, extract_features, features_dataset
-from hf_model.training import WeightedLossTrainer, class_weights, oversampled
+from hf_model.features import extract_features, features_dataset
 from hf_model.transforms import build_eval_transform, build_train_transform
 
 
@@ -39,31 +37,3 @@ def test_features_dataset_spreads_views_into_rows():
     assert len(train) == 6 and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert train[4]["features"].tolist() == features[1, 1].tolist()
     assert len(features_dataset(features, [0, 1], all_views=False)) == 2
-
-
-def test_class_weights_balance_the_classes():
-    weights = class_weights([0, 0, 0, 1], 2)
-    assert weights.tolist() == pytest.approx([4 / 6, 4 / 2])
-    assert (weights * torch.tensor([3, 1])).tolist() == pytest.approx([2.0, 2.0])
-
-
-def test_weighted_loss_is_the_weighted_cross_entropy(tmp_path):
-    from transformers import TrainingArguments
-
-    head = HeadModel(torch.nn.Linear(3, 2), dropout=0.0)
-    weights = torch.tensor([0.25, 4.0])
-    trainer = WeightedLossTrainer(model=head, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"),
-                                  class_weights=weights)
-    features, labels = torch.randn(6, 3), torch.tensor([0, 0, 0, 0, 1, 1])
-    loss = trainer.compute_loss(head, {"features": features, "labels": labels})
-    logits = head.classifier(features)
-    per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
-    expected = (per_example * weights[labels]).sum() / weights[labels].sum()
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    unweighted = torch.nn.functional.cross_entropy(logits, labels)
-    assert loss.item() != pytest.approx(unweighted.item(), rel=1e-3)
-
-
-def test_oversampling_makes_classes_equal(photos):
-    balanced = oversampled(photos, seed=0)
-    assert np.bincount(balanced["label"]).tolist() == [3, 3]

@@ -19,6 +19,8 @@ from huggingface_hub.errors import HfHubHTTPError
 from PIL import Image as PILImage
 
 from hf_model import hub
+from hf_model.config import RunRecord, parse_args
+from hf_model.space_tasks import MAX_EXAMPLES
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -83,7 +85,9 @@ def trained_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "bedrooms"
     load_model(resolve_backbone("efficientnet-lite0"), LABELS, 224).save_pretrained(out)
     (out / "all_results.json").write_text(json.dumps({"test_accuracy": 0.8, "test_f1_macro": 0.78}))
-    (out / "hf_model_config.json").write_text(json.dumps({"command": "python train.py --preset bedrooms"}))
+    cfg, args = parse_args(["--preset", "bedrooms", "--data_dir", "bedrooms", "--output_dir", str(out)])
+    RunRecord(cfg, args, "python train.py --preset bedrooms", None, 224, "labels.csv (labels by file name)",
+              {"train": 289, "validation": 58, "test": 39}).save(out)
     (out / "training_args.bin").write_bytes(b"pickle")
     (out / "checkpoint-7").mkdir()
     (out / "checkpoint-7" / "optimizer.pt").write_bytes(b"state")
@@ -166,14 +170,16 @@ def test_model_card_snippet_names_the_repo_not_the_local_folder(image_folder, ti
     assert card.data.eval_results and card.data.eval_results[0].metric_type == "accuracy"  # metrics survive
 
 
-def test_model_repo_without_card_gets_a_minimal_one(trained_dir, tmp_path):
+def test_model_repo_without_card_gets_the_training_card_from_the_run_record(trained_dir, tmp_path):
     source = tmp_path / "run"
     shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("README.md", "checkpoint-*"))
-    out = hub.build_model_repo(source, tmp_path / "repo")
+    out = hub.build_model_repo(source, tmp_path / "repo", "alice/bedroom-style")
 
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-classification"
-    assert "Modern, Old" in card.text and "accuracy" in card.text
+    assert card.data.eval_results and card.data.eval_results[0].metric_type == "accuracy"
+    assert "Modern, Old" in card.text and 'model="alice/bedroom-style"' in card.text
+    assert "### Hyperparameters" in card.text  # the same writer as training's, fed by hf_model_config.json
 
 
 def test_model_repo_refuses_a_config_without_class_names(trained_dir, tmp_path):
@@ -317,7 +323,7 @@ def test_space_ships_the_example_photos(space_dir, tmp_path):
     (examples / "bird" / "notes.txt").write_text("not a photo")
     out = hub.build_space_repo(space_dir, tmp_path / "repo", {}, examples_dir=examples)
 
-    assert len(list((out / "examples" / "bedroom").iterdir())) == hub.MAX_SPACE_EXAMPLES
+    assert len(list((out / "examples" / "bedroom").iterdir())) == MAX_EXAMPLES
     assert sorted(p.name for p in (out / "examples" / "bird").iterdir()) == ["00.jpg", "01.jpg"]
     with pytest.raises(FileNotFoundError, match="bedroom"):
         hub.build_space_repo(space_dir, tmp_path / "repo2", {}, examples_dir=tmp_path / "empty")
@@ -331,7 +337,6 @@ def test_space_that_imports_hf_model_gets_the_package(space_dir, tmp_path):
     assert not (out / "hf_model" / "__pycache__").exists()
 
 
-@pytest.mark.skipif(not (PROJECT / "space" / "README.md").is_file(), reason="space/ is not written yet")
 def test_project_space_folder_builds(tmp_path):
     default = SpaceCard.load(PROJECT / "space" / "README.md").data.models
     out = hub.build_space_repo(PROJECT / "space", tmp_path / "repo", {"BEDROOM_MODEL": "alice/bedroom-style"},

@@ -27,7 +27,16 @@ def test_many_classes_get_top5_and_one_vs_rest_auc():
     out = ClassificationMetrics(keep_in_memory=True).compute(predictions=probs, references=refs)
     assert out["accuracy"] == 0.0
     assert out["top5_accuracy"] == 1.0
-    assert 0.0 <= out["roc_auc"] <= 1.0
+    # one-vs-rest for class c: its one photo scores 0.5, above the six photos at < 0.1 but below
+    # photo c-1's 0.9, so 6 of 7 pairs are ordered right, for every class
+    assert out["roc_auc"] == pytest.approx(6 / 7)
+
+
+def test_top5_counts_a_photo_whose_class_ranks_sixth_as_wrong():
+    probs = np.array([[0.30, 0.25, 0.20, 0.12, 0.08, 0.04, 0.01],  # class 5 ranks sixth
+                      [0.05, 0.10, 0.40, 0.15, 0.20, 0.06, 0.04]])  # class 4 ranks second
+    out = ClassificationMetrics(keep_in_memory=True).compute(predictions=probs, references=[5, 4])
+    assert out["top5_accuracy"] == 0.5  # also when the split holds only some of the classes
 
 
 def test_compute_metrics_takes_logits_from_trainer():

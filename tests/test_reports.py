@@ -214,3 +214,38 @@ def test_card_refuses_a_plot_that_is_not_in_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="top_losses.png"):
         write_card(tmp_path, plots=[reports.TOP_LOSSES_PNG])
     assert not (tmp_path / "README.md").exists()
+
+
+# ---------------------------------------------------------------- the end of a run
+
+def test_learning_curves_callback_joins_the_stages_on_one_epoch_axis(tmp_path):
+    import json
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    callback = reports.LearningCurvesCallback(tmp_path)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    for stage_log in (LOG_HISTORY[:5], [dict(e, epoch=e["epoch"] - 2) for e in LOG_HISTORY[5:9]]):
+        callback.on_train_end(args, TrainerState(log_history=stage_log), TrainerControl())
+    saved = json.loads((tmp_path / reports.LOG_HISTORY_JSON).read_text())
+    assert [e["epoch"] for e in saved if "eval_loss" in e] == [1.0, 2.0, 3.0, 4.0]
+    assert [e["stage"] for e in saved if "eval_loss" in e] == [1, 1, 2, 2]
+    assert callback.boundaries == [2.0]
+    assert (tmp_path / reports.LEARNING_CURVES_PNG).stat().st_size > 1000
+
+
+def test_summary_line_names_the_metrics_and_the_folder():
+    line = reports.summary_line({**METRICS, "test_samples": 39}, 205, "runs/bedrooms")
+    assert line == ("Done in 3m25s: test accuracy 0.795, macro-F1 0.783, roc-auc 0.836 on 39 test photos. "
+                    "Model saved to runs/bedrooms")
+
+
+def test_run_card_without_a_record_still_has_usage_and_results(tmp_path):
+    (tmp_path / reports.CONFUSION_MATRIX_PNG).write_bytes(b"png")
+    reports.write_run_card(tmp_path, None, {"test_accuracy": 0.5}, ["cat", "dog"], model_id="alice/pets")
+    text = (tmp_path / "README.md").read_text()
+    assert 'pipeline("image-classification", model="alice/pets")' in text
+    assert "| Accuracy | 0.500" in text and "](confusion_matrix.png)" in text
+    assert "Trained with this exact command" not in text  # nothing recorded, nothing claimed
+    reports.write_run_card(tmp_path, None, {}, ["cat", "dog"])
+    assert "No test results were recorded" in (tmp_path / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""Self-training: which unlabeled photos get a pseudo-label, and the teacher/student run around it."""
+"""Experiments over runs: cross-validation folds and their summary; self-training's pseudo-labels and teacher."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from conftest import make_bedroom_folder, make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 
-from hf_model.self_training import balanced, pseudo_label
+from hf_model.config import parse_args
+from hf_model.experiments import balanced, cross_validate, pseudo_label, summarize_folds
 from hf_model.training import main
 
 FAST = ["--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--image_size", "32",
@@ -69,7 +70,7 @@ def test_threshold_must_be_a_probability(sure_model, unlabeled):
 
 
 def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convnext, tmp_path, monkeypatch):
-    import hf_model.self_training as self_training
+    import hf_model.experiments as experiments
 
     def teacher_knows_the_colours(model_dir, dataset, **kwargs):  # what a good teacher answers, whatever it learned
         assert (Path(model_dir) / "model.safetensors").is_file()
@@ -77,7 +78,7 @@ def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convne
         odd = np.array([int(Path(p["path"]).stem.split("_")[1]) % 2 for p in paths])
         return np.stack([np.where(odd, 0.95, 0.05), np.where(odd, 0.05, 0.95)], axis=1)  # odd numbers: Modern
 
-    monkeypatch.setattr(self_training, "class_probabilities", teacher_knows_the_colours)
+    monkeypatch.setattr(experiments, "teacher_probabilities", teacher_knows_the_colours)
     root = make_bedroom_folder(tmp_path / "bedrooms", 32)
     (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'M' if i % 2 else 'O'}\n"
                                                               for i in range(1, 25)))
@@ -98,3 +99,29 @@ def test_self_training_without_unlabeled_photos_is_a_clear_error(image_folder, t
     with pytest.raises(ValueError, match="unlabeled photos"):
         main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(tmp_path / "o"),
               "--cache_dir", str(tmp_path / "cache"), "--pseudo_label_threshold", "0.9", *FAST])
+
+
+def test_cross_validation_runs_every_fold_into_its_own_folder_and_averages(tmp_path):
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path / "cv"), "--cv_folds", "3"])
+    runs = []
+
+    def run(fold_cfg, fold_args, command, cv_fold):  # stands in for training.train: known metrics per fold
+        runs.append((fold_cfg.cv_folds, fold_args.output_dir, cv_fold))
+        accuracy = [0.5, 0.75, 1.0][cv_fold[0]]
+        return {"test_accuracy": accuracy, "test_f1_macro": accuracy / 2, "test_samples": 4,
+                "test_per_class": {"a": {"f1": accuracy}, "b": {"f1": 0.0}}}
+
+    summary = cross_validate(run, cfg, args, "python train.py ...")
+    assert runs == [(0, str(tmp_path / "cv" / f"fold-{i}"), (i, 3)) for i in range(3)]
+    assert summary["accuracy"]["mean"] == pytest.approx(0.75)
+    assert summary["accuracy"]["std"] == pytest.approx(np.std([0.5, 0.75, 1.0]))
+    assert summary["f1_a"]["folds"] == [0.5, 0.75, 1.0] and summary["photos"] == 12
+    saved = json.loads((tmp_path / "cv" / "cv_results.json").read_text())
+    assert saved["folds"] == 3 and saved["f1_macro"]["mean"] == pytest.approx(0.375)
+
+
+def test_fold_summary_keeps_only_scalar_metrics():
+    folds = [{"test_accuracy": 1.0, "test_samples": 2, "test_confusion_matrix": [[1, 0], [0, 1]]},
+             {"test_accuracy": 0.0, "test_samples": 3, "test_confusion_matrix": [[0, 1], [2, 0]]}]
+    summary = summarize_folds(folds)
+    assert set(summary) == {"accuracy", "photos"} and summary["photos"] == 5

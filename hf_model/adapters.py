@@ -1,0 +1,162 @@
+"""What the package needs to know about each architecture, in one registry keyed by ``config.model_type``.
+
+An :class:`Adapter` answers, for one kind of model: where the classifier layer is, which backbone units
+are frozen or trained whole (:mod:`hf_model.freezing`), which feature map Grad-CAM explains
+(:mod:`hf_model.serving`), and how preprocessing is sized, loaded and saved (:mod:`hf_model.backbones`).
+Like fastai's ``model_meta[arch]``: supporting a new architecture is one entry in :data:`ADAPTERS`, and
+``tests/test_adapters.py`` then runs every check on it.
+
+- ``timm_wrapper``: any timm model behind transformers' ``TimmWrapperForImageClassification``
+  (the offline EfficientNet-Lite backbones).
+- ``efficientnet``, ``convnext``: transformers' own EfficientNet and ConvNeXt (Hub backbones).
+- Any other model type gets the HF-native defaults of :class:`Adapter`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LogitsAndFeatureMap = tuple[torch.Tensor, torch.Tensor | None]
+
+
+class Adapter:
+    """One architecture's answers. The defaults fit transformers' own image classifiers: a base model
+    whose pooled output goes through ``model.classifier``; entries override what differs.
+    """
+
+    saves_processor = True  # preprocessor_config.json is saved beside the model, where pipeline() reads it
+
+    def classifier(self, model: nn.Module) -> nn.Module:
+        """The final layer that maps pooled features to class logits."""
+        head = getattr(model, "classifier", None)
+        if not isinstance(head, nn.Module):
+            model_type = model.config.model_type
+            raise ValueError(
+                f"don't know where the classifier of {type(model).__name__} (model_type {model_type!r}) is: "
+                f"add an entry for {model_type!r} to ADAPTERS in hf_model/adapters.py"
+            )
+        return head
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The backbone's units from input to output, each frozen or trained whole."""
+        return list(model.base_model.children())
+
+    def logits_and_feature_map(self, model: nn.Module, pixels: torch.Tensor) -> LogitsAndFeatureMap:
+        """The logits and the last (B, C, H, W) feature map they were pooled from (None where there is none)."""
+        outputs = model.base_model(pixels)
+        pooled = getattr(outputs, "pooler_output", None)
+        head = getattr(model, "classifier", None)
+        if pooled is None or not isinstance(head, nn.Module):  # e.g. ViT's head reads a token: no heat map
+            return model(pixels).logits, None
+        feature_map = outputs.last_hidden_state
+        return head(pooled), (feature_map if feature_map.ndim == 4 else None)
+
+    def load_processor(self, source: str, config, image_size: int | None = None):
+        """The model's saved image processor, resized to ``image_size`` (the training size)."""
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(source)
+        if image_size:
+            if "shortest_edge" in processor.size:
+                processor.size = {"shortest_edge": image_size}
+            else:
+                processor.size = {"height": image_size, "width": image_size}
+            if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None):
+                processor.crop_size = {"height": image_size, "width": image_size}
+        return processor
+
+    def set_image_size(self, model: nn.Module, image_size: int) -> None:
+        """Record the training image size in the model's config; HF-native models keep it in the processor."""
+
+
+class TimmWrapperAdapter(Adapter):
+    """Any timm model inside ``TimmWrapperForImageClassification``; timm's own metadata does the work."""
+
+    saves_processor = False  # preprocessing lives in config.json (pretrained_cfg); the processor refuses to save
+
+    def classifier(self, model: nn.Module) -> nn.Module:
+        return model.timm_model.get_classifier()
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """timm's ``group_matcher`` units (stem, each block, ...), classifier excluded, as parameter lists."""
+        from timm.models import group_parameters  # timm takes seconds to import; only timm models need it
+
+        net = model.timm_model
+        head = {id(p) for p in net.get_classifier().parameters()}
+        params = dict(net.named_parameters())
+        groups = group_parameters(net, _unmerged(net.group_matcher(coarse=False)))
+        units = [[params[name] for name in names if id(params[name]) not in head] for names in groups.values()]
+        return [nn.ParameterList(unit) for unit in units if unit]
+
+    def logits_and_feature_map(self, model: nn.Module, pixels: torch.Tensor) -> LogitsAndFeatureMap:
+        net = model.timm_model
+        features = net.forward_features(pixels)  # (B, C, H, W) for CNNs, (B, tokens, C) for ViTs
+        return net.forward_head(features), (features if features.ndim == 4 else None)
+
+    def load_processor(self, source: str, config, image_size: int | None = None):
+        """Rebuilt from ``config.pretrained_cfg``, where :meth:`set_image_size` recorded the size."""
+        from transformers import TimmWrapperImageProcessor
+
+        return TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
+
+    def set_image_size(self, model: nn.Module, image_size: int) -> None:
+        # note: assign a new dict; the saved config.json (and so pipeline()) reads pretrained_cfg
+        cfg = dict(model.config.pretrained_cfg)
+        cfg["input_size"] = [3, image_size, image_size]
+        cfg["pool_size"] = [image_size // 32, image_size // 32]
+        model.config.pretrained_cfg = cfg
+
+
+class EfficientNetAdapter(Adapter):
+    """transformers' EfficientNet: the stem, each MBConv block, then the head conv as one unit."""
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        encoder = model.efficientnet.encoder
+        return [model.efficientnet.embeddings, *encoder.blocks, nn.ModuleList([encoder.top_conv, encoder.top_bn])]
+
+
+class ConvNextAdapter(Adapter):
+    """transformers' ConvNeXt: the stem, per stage its downsampling layer then each layer, the final norm."""
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        body = model.convnext
+        layers = [layer for stage in body.encoder.stages for layer in [stage.downsampling_layer, *stage.layers]]
+        return [body.embeddings, *layers, body.layernorm]
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "timm_wrapper": TimmWrapperAdapter(),
+    "efficientnet": EfficientNetAdapter(),
+    "convnext": ConvNextAdapter(),
+}
+HF_NATIVE = Adapter()  # any other transformers image classifier
+
+
+def adapter_for(model_or_config) -> Adapter:
+    """The adapter of a model, a model config or a ``model_type`` string; HF-native defaults if unregistered."""
+    if isinstance(model_or_config, nn.Module):
+        model_or_config = model_or_config.config
+    model_type = model_or_config if isinstance(model_or_config, str) else model_or_config.model_type
+    return ADAPTERS.get(model_type, HF_NATIVE)
+
+
+def _unmerged(matcher):
+    """timm's group matcher with "merge into the previous group" entries made groups of their own.
+
+    timm folds layers that follow the last block into it (``MATCH_PREV_GROUP``: EfficientNet's
+    conv_head/bn2, a ViT's final norm). Here they stay a unit of their own, so that training "the top
+    block" of EfficientNet-Lite means its head conv alone, as it always has. Order is unchanged.
+    """
+    from timm.models._manipulate import MATCH_PREV_GROUP
+
+    if not isinstance(matcher, dict):
+        return matcher  # a function matcher: its groups as timm makes them
+
+    def unmerge(spec):
+        if not isinstance(spec, (list, tuple)):
+            return spec
+        # (99999, 0) sorts where (99999,) did, but is no longer the merge marker
+        return [(regex, (*suffix, 0) if suffix == MATCH_PREV_GROUP else suffix) for regex, suffix in spec]
+
+    return {name: unmerge(spec) for name, spec in matcher.items()}

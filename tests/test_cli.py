@@ -1,0 +1,38 @@
+"""``hf-model <command>``: the help lists every command, each dispatches to its module's main."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from hf_model.cli import COMMANDS, main
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
+def test_help_lists_every_command_with_its_summary(argv, capsys):
+    main(argv)
+    out = capsys.readouterr().out
+    assert out.startswith("usage: hf-model <command>")
+    for name, (_, summary) in COMMANDS.items():
+        assert any(line.split() == [name, *summary.split()] for line in out.splitlines()), name
+
+
+def test_unknown_command_exits_non_zero_naming_it():
+    # a real process: the exit status is what a shell script sees
+    result = subprocess.run([sys.executable, "-c", "from hf_model.cli import main; main()", "frobnicate", "--x"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "unknown command 'frobnicate'" in result.stderr
+    assert "predict" in result.stdout  # and the list of commands that do exist
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_runs_its_module_main_with_the_remaining_arguments(command, monkeypatch):
+    module, function = COMMANDS[command][0].split(":")
+    calls = []
+    monkeypatch.setattr(importlib.import_module(module), function, calls.append)
+    main([command, "runs/model", "photo.jpg", "--top_k", "2"])
+    assert calls == [["runs/model", "photo.jpg", "--top_k", "2"]]

@@ -1,0 +1,78 @@
+"""The run config: presets, validation where it is built, and the run record that loads back into it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_model.config import PRESETS, RunRecord, TrainConfig, load_run_config, parse_args
+
+
+def test_preset_sets_defaults_and_flags_win():
+    cfg, args = parse_args(["--preset", "birds", "--data_dir", "x", "--output_dir", "o", "--learning_rate", "0.01"])
+    assert cfg.split_fractions == PRESETS["birds"]["split_fractions"]
+    assert args.per_device_train_batch_size == PRESETS["birds"]["per_device_train_batch_size"]
+    assert args.learning_rate == 0.01
+    assert args.remove_unused_columns is False and args.load_best_model_at_end
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--class_weights", "balanced"], "--class_weights"),
+    (["--stages", "3"], "--stages"),
+    (["--split_fractions", "0.8", "0.3", "0.1"], "--split_fractions"),
+    (["--pseudo_label_threshold", "1.5"], "--pseudo_label_threshold"),
+    (["--cv_folds", "1"], "--cv_folds"),
+    (["--feature_views", "0"], "--feature_views"),
+    (["--zoom", "0"], "--zoom"),
+    (["--unfreeze_top_blocks", "-2"], "--unfreeze_top_blocks"),
+])
+def test_a_bad_option_is_a_usage_error_naming_the_flag(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--data_dir", "x", "--output_dir", "o", *flags])
+    assert exit_info.value.code == 2  # argparse's usage error, not a traceback
+    assert message in capsys.readouterr().err
+
+
+def test_the_dataclass_itself_refuses_bad_values():
+    with pytest.raises(ValueError, match="--class_weights"):
+        TrainConfig(class_weights="Auto")
+    assert TrainConfig(class_weights="auto").class_weights == "auto"
+
+
+def test_missing_data_source_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--output_dir", "o"])
+    assert "--data_dir" in capsys.readouterr().err
+
+
+def test_push_to_hub_with_cross_validation_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", "x", "--output_dir", "o", "--cv_folds", "5", "--push_to_hub"])
+    assert "--cv_folds" in capsys.readouterr().err
+
+
+def test_run_record_round_trips_into_the_same_config(tmp_path):
+    cfg, args = parse_args(["--preset", "birds", "--dataset", "user/birds", "--label_column", "species",
+                            "--labels_file", "l.csv", "--output_dir", str(tmp_path), "--seed", "7",
+                            "--class_weights", "auto", "--hub_token", "hf_secret"])
+    RunRecord(cfg, args, "python train.py ...", (2, 5), 224, "Hub dataset user/birds", {"train": 10}).save(tmp_path)
+
+    record = load_run_config(tmp_path)
+    assert record.config == cfg
+    assert record.training_args.seed == 7 and record.training_args.learning_rate == args.learning_rate
+    assert record.training_args.lr_scheduler_type == args.lr_scheduler_type
+    assert record.cv_fold == (2, 5) and record.image_size == 224 and record.split_sizes == {"train": 10}
+    assert "hf_secret" not in (tmp_path / "hf_model_config.json").read_text()  # no token on disk
+
+
+def test_an_older_record_loads_with_its_seed(tmp_path):
+    (tmp_path / "hf_model_config.json").write_text(json.dumps(
+        {"config": {"data_dir": "photos", "split_fractions": [0.5, 0.25, 0.25], "cv_fold": [1, 3]}, "seed": 3}))
+    record = load_run_config(tmp_path)
+    assert record.config.data_dir == "photos" and record.training_args.seed == 3 and record.cv_fold == (1, 3)
+
+
+def test_a_folder_without_a_record_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hf_model_config.json"):
+        load_run_config(tmp_path)
