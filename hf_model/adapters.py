@@ -8,7 +8,7 @@ Like fastai's ``model_meta[arch]``: supporting a new architecture is one entry i
 
 - ``timm_wrapper``: any timm model behind transformers' ``TimmWrapperForImageClassification``
   (the offline EfficientNet-Lite backbones).
-- ``efficientnet``, ``convnext``: transformers' own EfficientNet and ConvNeXt (Hub backbones).
+- ``efficientnet``, ``convnext``, ``resnet``: transformers' own EfficientNet, ConvNeXt and ResNet (Hub backbones).
 - Any other model type gets the HF-native defaults of :class:`Adapter`.
 """
 
@@ -69,6 +69,9 @@ class Adapter:
     def set_image_size(self, model: nn.Module, image_size: int) -> None:
         """Record the training image size in the model's config; HF-native models keep it in the processor."""
 
+    def name_classes(self, model: nn.Module, labels: list[str]) -> None:
+        """Make the saved config name ``labels``; HF-native configs do with ``id2label`` alone."""
+
 
 class TimmWrapperAdapter(Adapter):
     """Any timm model inside ``TimmWrapperForImageClassification``; timm's own metadata does the work."""
@@ -100,6 +103,11 @@ class TimmWrapperAdapter(Adapter):
 
         return TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
 
+    def name_classes(self, model: nn.Module, labels: list[str]) -> None:
+        # note: TimmWrapperConfig saves the label_names it was loaded with and reads them back before id2label,
+        # so a backbone that had classes (a timm Hub model, one of our runs) would name the new ones wrongly
+        model.config.label_names = list(labels)
+
     def set_image_size(self, model: nn.Module, image_size: int) -> None:
         # note: assign a new dict; the saved config.json (and so pipeline()) reads pretrained_cfg
         cfg = dict(model.config.pretrained_cfg)
@@ -125,10 +133,22 @@ class ConvNextAdapter(Adapter):
         return [body.embeddings, *layers, body.layernorm]
 
 
+class ResNetAdapter(Adapter):
+    """transformers' ResNet: the stem, then each residual layer of each stage; the head is Flatten + Linear."""
+
+    def classifier(self, model: nn.Module) -> nn.Module:
+        return model.classifier[-1]
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        body = model.resnet
+        return [body.embedder, *(layer for stage in body.encoder.stages for layer in stage.layers)]
+
+
 ADAPTERS: dict[str, Adapter] = {
     "timm_wrapper": TimmWrapperAdapter(),
     "efficientnet": EfficientNetAdapter(),
     "convnext": ConvNextAdapter(),
+    "resnet": ResNetAdapter(),
 }
 HF_NATIVE = Adapter()  # any other transformers image classifier
 

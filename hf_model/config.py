@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -22,11 +23,17 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from hf_model.backbones import DEFAULT_BACKBONE
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_SPLIT_FRACTIONS = (0.76, 0.14, 0.10)  # train, validation, test
 DEFAULT_SEED = 42  # TrainingArguments' default seed, which also decides the splits
 TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one photo
 CLASS_WEIGHTS = ("none", "auto")
 RUN_CONFIG_FILE = "hf_model_config.json"
+PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir")  # may name local files or folders
+# TrainingArguments that check the machine (a GPU, bf16, DeepSpeed): a record written on a GPU loads anywhere
+HARDWARE_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "deepspeed", "fsdp", "fsdp_config",
+                 "use_cpu", "torch_compile", "half_precision_backend")
 
 
 @dataclass
@@ -77,9 +84,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Reject values no run can use, naming the flag (``HfArgumentParser`` builds this dataclass)."""
         fractions = [float(f) for f in self.split_fractions]
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-            raise ValueError(f"--split_fractions takes three shares (train, validation, test) that sum to 1, "
-                             f"got {self.split_fractions}")
+        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(f"--split_fractions takes three shares (train, validation, test), each above 0, that "
+                             f"sum to 1 (validation picks the best epoch; test is scored), got {self.split_fractions}")
         checks = [
             (self.stages in (1, 2), "--stages must be 1 (one fine-tuning stage) or 2 (head first, then the top "
                                     "blocks)"),
@@ -92,6 +99,12 @@ class TrainConfig:
             (self.unfreeze_top_blocks >= -1, "--unfreeze_top_blocks is a number of blocks, or -1 for all"),
             (0 <= self.head_dropout < 1, "--head_dropout is a probability below 1"),
             (self.image_size is None or self.image_size >= 32, "--image_size is in pixels: at least 32"),
+            (min(self.rotation, self.shear, self.brightness) >= 0, "--rotation, --shear and --brightness are "
+                                                                   "amounts of augmentation: 0 (off) or more"),
+            (0 <= self.shift < 1, "--shift is a share of the image size: 0 (off) to below 1"),
+            (min(self.head_epochs, self.head_patience, self.early_stopping_patience) >= 1,
+             "--head_epochs, --head_patience and --early_stopping_patience count epochs: at least 1"),
+            (self.head_learning_rate > 0, "--head_learning_rate must be above 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -198,7 +211,10 @@ class RunRecord:
 
     def to_dict(self) -> dict:
         args = {k: v for k, v in self.training_args.to_dict().items() if not k.endswith("_token")}  # no secrets
-        return {"command": self.command, "config": asdict(self.config), "training_args": args,
+        # paths as absolute ones: calibrate or publish may run from another folder than training did
+        config = {k: str(Path(v).resolve()) if k in PATH_FIELDS and v and Path(v).exists() else v
+                  for k, v in asdict(self.config).items()}
+        return {"command": self.command, "config": config, "training_args": args,
                 "cv_fold": list(self.cv_fold) if self.cv_fold else None, "image_size": self.image_size,
                 "label_source": self.label_source, "split_sizes": self.split_sizes}
 
@@ -230,7 +246,12 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
     config = TrainConfig(**{k: v for k, v in raw["config"].items() if k in known})
     args = raw.get("training_args") or {"output_dir": str(model_dir), "seed": raw.get("seed", DEFAULT_SEED)}
     init = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    training_args = TrainingArguments(**{k: v for k, v in args.items() if k in init})
+    args = {k: v for k, v in args.items() if k in init}
+    try:
+        training_args = TrainingArguments(**args)
+    except ValueError as err:  # e.g. bf16 recorded on a GPU, loaded on a CPU: the rest of the record still holds
+        logger.warning("%s: loading the run's TrainingArguments without its hardware settings (%s)", path, err)
+        training_args = TrainingArguments(**{k: v for k, v in args.items() if k not in HARDWARE_ARGS})
     cv_fold = raw.get("cv_fold") or raw["config"].get("cv_fold")  # older records kept the fold in the config
     return RunRecord(config, training_args, raw.get("command", ""), tuple(cv_fold) if cv_fold else None,
                      raw.get("image_size"), raw.get("label_source", ""), raw.get("split_sizes", {}))

@@ -34,11 +34,9 @@ class HeadModel(nn.Module):
         self.classifier = classifier
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        logits = self.classifier(self.dropout(features))
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
+        # note: the loss is the Trainer's compute_loss_func; ``labels`` stays in the signature because
+        # Trainer finds the label columns there (without it, evaluation would report no eval_loss)
+        return {"logits": self.classifier(self.dropout(features))}
 
 
 def photo_digests(dataset: Dataset) -> list[str]:

@@ -239,7 +239,8 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     if not card_path.is_file():  # a folder not written by train.py: the same card writer, from what the folder holds
         logger.warning("%s has no README.md; writing a model card from its config, results and run record", source)
         record = load_run_config(source) if (source / RUN_CONFIG_FILE).is_file() else None
-        write_run_card(out, record, _read_json(source / "all_results.json"), labels, repo_id)
+        write_run_card(out, record, _read_json(source / "all_results.json"), labels, repo_id,
+                       model_name=None if repo_id else source.resolve().name)
     card = ModelCard.load(card_path)
     # the Hub picks the widget and the "Use this model" snippet from these two fields
     card.data.library_name = card.data.library_name or "transformers"

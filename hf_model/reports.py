@@ -348,21 +348,26 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
 
 
 def write_run_card(output_dir: str | Path, record: RunRecord | None, metrics: dict, label_names: Sequence[str],
-                   model_id: str | None = None) -> ModelCard:
+                   model_id: str | None = None, model_name: str | None = None) -> ModelCard:
     """The model card of a trained folder, from its run record (when there is one) and test metrics.
 
     Training writes it at the end of a run; publishing writes it for a folder that has none. The
-    plots listed are those of ``PLOT_CAPTIONS`` present in the folder.
+    plots listed are those of ``PLOT_CAPTIONS`` present in the folder. The card is named
+    ``model_name``, else the repo's name in ``model_id``, else the folder's name.
     """
     plots = [name for name in PLOT_CAPTIONS if (Path(output_dir) / name).is_file()]
+    model_name = model_name or (model_id.split("/")[-1] if model_id else None)
     if record is None:
         return write_model_card(output_dir, base_model=None, dataset=None, metrics=metrics, command="",
                                 hyperparameters={}, label_names=label_names, plots=plots,
-                                label_source="the training folder", split_sizes={}, model_id=model_id)
+                                label_source="the training folder", split_sizes={}, model_id=model_id,
+                                model_name=model_name)
+    dataset = record.config.dataset
+    hub_dataset = dataset if dataset and not Path(dataset).exists() else None  # a local folder is no Hub link
     return write_model_card(
-        output_dir, base_model=base_model_id(record.config.backbone), dataset=record.config.dataset, metrics=metrics,
+        output_dir, base_model=base_model_id(record.config.backbone), dataset=hub_dataset, metrics=metrics,
         command=record.command, hyperparameters=card_hyperparameters(record), label_names=label_names, plots=plots,
-        label_source=record.label_source, split_sizes=record.split_sizes, model_id=model_id)
+        label_source=record.label_source, split_sizes=record.split_sizes, model_id=model_id, model_name=model_name)
 
 
 def card_hyperparameters(record: RunRecord) -> dict:
@@ -372,6 +377,7 @@ def card_hyperparameters(record: RunRecord) -> dict:
             "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
             "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
             "image_size": record.image_size,
+            **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
             **{k: v for k, v in dataclasses.asdict(record.config).items()
                if k not in ("data_dir", "dataset", "preset", "cache_dir")}}
 

@@ -98,6 +98,7 @@ def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> t
     weights = balanced_class_weights(train_split["label"], len(label_names)) if cfg.class_weights == "auto" else None
     setup = setup_model(cfg, label_names)
     model, loss = setup.model, cross_entropy_loss(weights, args.label_smoothing_factor)
+    args = dataclasses.replace(args, label_smoothing_factor=0.0)  # smoothed in our loss, not the Trainer's smoother
     curves = LearningCurvesCallback(args.output_dir)
 
     resuming = resume_or_start_over(args, cfg.resume)

@@ -52,11 +52,19 @@ def tiny_convnext():
     return ConvNextForImageClassification(config), ConvNextImageProcessor(size={"shortest_edge": 32})
 
 
+def tiny_resnet():
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], **LABEL_MAPS)
+    return ResNetForImageClassification(config), ConvNextImageProcessor(size={"shortest_edge": 32})  # ResNet's own
+
+
 # model_type -> a tiny random-init model of it and the image processor it is served with
 TINY_MODELS: dict[str, Callable[[], tuple[nn.Module, object]]] = {
     "timm_wrapper": tiny_timm_wrapper,
     "efficientnet": tiny_efficientnet,
     "convnext": tiny_convnext,
+    "resnet": tiny_resnet,
 }
 
 
@@ -206,13 +214,27 @@ def test_unregistered_architecture_without_a_classifier_is_a_clear_error():
 
 
 def test_unregistered_hf_native_architecture_gets_the_generic_adapter():
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2)
-    model = ResNetForImageClassification(config).eval()
+    config = MobileNetV2Config(image_size=32, depth_multiplier=0.25, num_labels=2)
+    model = MobileNetV2ForImageClassification(config).eval()
     adapter = adapter_for(model)
-    assert "resnet" not in ADAPTERS and adapter.classifier(model) is model.classifier
-    assert adapter.blocks(model) == list(model.resnet.children())
+    assert "mobilenet_v2" not in ADAPTERS and adapter.classifier(model) is model.classifier
+    assert adapter.blocks(model) == list(model.mobilenet_v2.children())
     logits, feature_map = adapter.logits_and_feature_map(model, pixels())
     torch.testing.assert_close(logits, model(pixels()).logits)
-    assert feature_map.shape[:2] == (2, 16)
+    assert feature_map.ndim == 4 and feature_map.shape[0] == 2
+
+
+def test_a_timm_backbone_with_classes_of_its_own_names_the_new_ones(tmp_path):
+    """TimmWrapperConfig saves the label_names it was loaded with; a re-headed model must not keep them."""
+    from transformers import pipeline
+
+    from hf_model.backbones import load_model
+
+    model, processor = tiny_timm_wrapper()
+    model.save_pretrained(tmp_path / "backbone")  # a timm model with classes: Modern, Old, Rustic
+    for labels in (["cat", "dog"], ["x", "y", "z"]):  # fewer classes, and as many
+        load_model(str(tmp_path / "backbone"), labels, SIDE).save_pretrained(tmp_path / "run")
+        answer = pipeline("image-classification", model=str(tmp_path / "run"), device=-1)(photo(), top_k=5)
+        assert sorted(a["label"] for a in answer) == labels

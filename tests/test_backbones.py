@@ -60,3 +60,12 @@ def test_hf_native_model_gets_fresh_head_and_resized_processor(tiny_convnext):
     processor = load_image_processor(tiny_convnext, model.config, image_size=40)
     pixels = processor(Image.new("RGB", (90, 60)), return_tensors="pt")["pixel_values"]
     assert pixels.shape[-2:] == torch.Size([40, 40])
+
+
+def test_converting_a_backbone_leaves_the_seeded_random_state_alone(tmp_path):
+    """A first run converts the weights, later runs do not: both must draw the same random numbers after seeding."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    resolve_backbone("efficientnet-lite0", cache_dir=tmp_path / "cold")  # converts: builds a timm model first
+    assert torch.equal(torch.rand(3), expected)

@@ -26,6 +26,10 @@ def test_preset_sets_defaults_and_flags_win():
     (["--feature_views", "0"], "--feature_views"),
     (["--zoom", "0"], "--zoom"),
     (["--unfreeze_top_blocks", "-2"], "--unfreeze_top_blocks"),
+    (["--split_fractions", "0.9", "0", "0.1"], "--split_fractions"),  # no validation photos: no best epoch
+    (["--rotation", "-5"], "--rotation"),
+    (["--shift", "2"], "--shift"),
+    (["--head_epochs", "0"], "--head_epochs"),
 ])
 def test_a_bad_option_is_a_usage_error_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -54,7 +58,7 @@ def test_push_to_hub_with_cross_validation_is_refused(capsys):
 
 def test_run_record_round_trips_into_the_same_config(tmp_path):
     cfg, args = parse_args(["--preset", "birds", "--dataset", "user/birds", "--label_column", "species",
-                            "--labels_file", "l.csv", "--output_dir", str(tmp_path), "--seed", "7",
+                            "--labels_file", str(tmp_path / "l.csv"), "--output_dir", str(tmp_path), "--seed", "7",
                             "--class_weights", "auto", "--hub_token", "hf_secret"])
     RunRecord(cfg, args, "python train.py ...", (2, 5), 224, "Hub dataset user/birds", {"train": 10}).save(tmp_path)
 
@@ -76,3 +80,27 @@ def test_an_older_record_loads_with_its_seed(tmp_path):
 def test_a_folder_without_a_record_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="hf_model_config.json"):
         load_run_config(tmp_path)
+
+
+def test_record_paths_are_absolute_so_other_folders_can_use_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "labels.csv").write_text("file,label\n")
+    cfg, args = parse_args(["--data_dir", "photos", "--labels_file", "photos/labels.csv", "--output_dir", "run"])
+    (tmp_path / "run").mkdir()
+    RunRecord(cfg, args).save("run")
+    monkeypatch.chdir("/")
+    record = load_run_config(tmp_path / "run")
+    assert record.config.data_dir == str(tmp_path / "photos")
+    assert record.config.labels_file == str(tmp_path / "photos" / "labels.csv")
+    assert record.config.backbone == cfg.backbone  # a registry name, not a path
+
+
+def test_a_record_written_on_a_gpu_with_bf16_loads_on_this_machine(tmp_path):
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path), "--seed", "5"])
+    RunRecord(cfg, args).save(tmp_path)
+    raw = json.loads((tmp_path / "hf_model_config.json").read_text())
+    raw["training_args"].update(bf16=True, tf32=True)  # what a run with --bf16 --tf32 on an A100 records
+    (tmp_path / "hf_model_config.json").write_text(json.dumps(raw))
+    record = load_run_config(tmp_path)
+    assert record.training_args.seed == 5 and record.config == cfg

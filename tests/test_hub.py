@@ -180,6 +180,7 @@ def test_model_repo_without_card_gets_the_training_card_from_the_run_record(trai
     assert card.data.eval_results and card.data.eval_results[0].metric_type == "accuracy"
     assert "Modern, Old" in card.text and 'model="alice/bedroom-style"' in card.text
     assert "### Hyperparameters" in card.text  # the same writer as training's, fed by hf_model_config.json
+    assert card.text.lstrip().startswith("# bedroom-style")  # named for the repo, not the build folder
 
 
 def test_model_repo_refuses_a_config_without_class_names(trained_dir, tmp_path):

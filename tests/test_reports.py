@@ -249,3 +249,12 @@ def test_run_card_without_a_record_still_has_usage_and_results(tmp_path):
     assert "Trained with this exact command" not in text  # nothing recorded, nothing claimed
     reports.write_run_card(tmp_path, None, {}, ["cat", "dog"])
     assert "No test results were recorded" in (tmp_path / "README.md").read_text()
+
+
+def test_a_fold_card_says_which_fold_it_is(tmp_path):
+    from hf_model.config import RunRecord, parse_args
+
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path)])
+    table = reports.card_hyperparameters(RunRecord(cfg, args, cv_fold=(1, 5)))
+    assert table["cross_validation_fold"] == "2 of 5" and table["learning_rate"] == args.learning_rate
+    assert "cross_validation_fold" not in reports.card_hyperparameters(RunRecord(cfg, args))

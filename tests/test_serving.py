@@ -77,8 +77,23 @@ def efficientnet_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def resnet_dir(tmp_path_factory) -> Path:
+    """A tiny random HF-native ResNet with its image processor."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    out = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3,
+                          id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    ResNetForImageClassification(config).save_pretrained(out)
+    ConvNextImageProcessor(size={"shortest_edge": 64}, crop_pct=1.0).save_pretrained(out)  # what ResNet ships
+    return out
+
+
 # model_type -> the fixture of a saved model of it: serving is tested on every architecture in ADAPTERS
-SERVED_MODELS = {"timm_wrapper": "lite_dir", "convnext": "tiny_convnext", "efficientnet": "efficientnet_dir"}
+SERVED_MODELS = {"timm_wrapper": "lite_dir", "convnext": "tiny_convnext", "efficientnet": "efficientnet_dir",
+                 "resnet": "resnet_dir"}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))

@@ -264,3 +264,12 @@ def test_oversample_trains_on_balanced_classes_end_to_end(uneven_folder, tiny_co
     rows = 2 * np.bincount(train["label"]).max()  # both classes repeated up to the larger one
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["max_steps"] == 2 * -(-rows // 8)  # 2 epochs of batches of 8
+
+
+def test_label_smoothing_is_applied_by_our_loss_in_both_stages(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "run"
+    main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir",
+          str(tmp_path / "cache"), "--label_smoothing_factor", "0.1", *FAST])  # stage 1 trains a HeadModel
+    assert load_run_config(out).training_args.label_smoothing_factor == 0.1  # the record keeps the user's value
+    smoothed = cross_entropy_loss(None, 0.1)({"logits": torch.tensor([[10.0, -10.0]])}, torch.tensor([0]))
+    assert smoothed.item() > 0.5  # a sure right answer still costs something under smoothing
