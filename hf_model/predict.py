@@ -50,7 +50,7 @@ def view_probabilities(model: torch.nn.Module, transform: Callable[[Image.Image]
     views = test_time_views(tta)
     out = np.zeros((len(views), len(photos), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(photos), batch_size):
-        images = [to_rgb(image) for image in photos[start:start + batch_size]]
+        images = photos[start:start + batch_size]  # made upright RGB by the transform (and the mirror view)
         for v, view in enumerate(views):
             pixels = torch.stack([transform(view(image)) for image in images])
             pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)

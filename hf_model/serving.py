@@ -155,9 +155,10 @@ class DomainGate:
         source = resolve_backbone(backbone)
         self.model = _for_inference(AutoModelForImageClassification.from_pretrained(source))
         self.processor = load_image_processor(source, self.model.config)
+        self.transform = build_eval_transform(self.processor)
 
     def imagenet_probabilities(self, images: list[Image.Image]) -> np.ndarray:
-        return class_probabilities(self.model, build_eval_transform(self.processor), images)
+        return class_probabilities(self.model, self.transform, images)
 
 
 @functools.cache
@@ -176,6 +177,7 @@ class Classifier:
     def __init__(self, model, processor, calibration: Calibration | None = None, subject: str = "the training photos"):
         self.model = _for_inference(model)
         self.processor = processor
+        self.transform = build_eval_transform(processor)
         self.calibration = calibration
         self.gate = load_gate(calibration.gate_backbone) if calibration else None
         self.subject = subject  # what the photos should show, e.g. "a bedroom"
@@ -200,7 +202,7 @@ class Classifier:
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities for a batch of RGB images, shape (n, classes)."""
-        return class_probabilities(self.model, build_eval_transform(self.processor), images)
+        return class_probabilities(self.model, self.transform, images)
 
     def predict(self, image: Image.Image, top_k: int = 5, heatmap: bool = False) -> Prediction:
         """Top-k scores, verdict and sentence for one RGB image; a Grad-CAM heat map when asked and in domain."""

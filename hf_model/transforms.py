@@ -105,8 +105,12 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def test_time_views(tta: bool) -> list[Callable[[Image.Image], Image.Image]]:
-    """Test-time augmentation, defined once: the photo itself, plus its mirror image when ``tta``."""
+    """Test-time augmentation, defined once: the photo itself, plus its mirror image when ``tta``.
+
+    The mirror is taken of the upright photo (EXIF rotation applied first), so it mirrors what the
+    model sees; the plain view is left to the eval transform, which makes it upright RGB itself.
+    """
     views = [lambda image: image]
     if tta:
-        views.append(lambda image: image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        views.append(lambda image: to_rgb(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     return views
