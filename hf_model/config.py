@@ -12,15 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE
 
 logger = logging.getLogger(__name__)
@@ -220,12 +219,7 @@ class RunRecord:
 
     def save(self, model_dir: str | Path) -> Path:
         """Write ``model_dir/hf_model_config.json`` atomically (a crash never leaves half a record)."""
-        path = Path(model_dir) / RUN_CONFIG_FILE
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, default=str)
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(Path(model_dir) / RUN_CONFIG_FILE, self.to_dict(), default=str)
 
 
 def load_run_config(model_dir: str | Path) -> RunRecord:

@@ -1,0 +1,46 @@
+"""Atomic file writes: a file a user relies on is either the old one or the whole new one, never half.
+
+Write to a temporary name in the same folder, flush it to disk, then ``os.replace`` it onto the
+real name (atomic on POSIX and Windows within one file system). A run killed mid-write leaves at
+most a hidden ``.name.XXXX.tmp`` file, which no reader mistakes for the real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit it replaces ``path``.
+
+    ``mode`` is ``"w"`` (text; ``open_kwargs`` such as ``newline=""`` pass through) or ``"wb"``.
+    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a normal file is world-readable
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | Path, data, **dump_kwargs) -> Path:
+    """``json.dump(data)`` to ``path`` atomically (``indent=2`` unless given); returns ``path``."""
+    dump_kwargs.setdefault("indent", 2)
+    with atomic_write(path) as f:
+        json.dump(data, f, **dump_kwargs)
+    return Path(path)

@@ -1,0 +1,23 @@
+import json
+
+import pytest
+
+from hf_model.atomic import atomic_write, write_json_atomic
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    write_json_atomic(path, {"accuracy": 0.9})
+    assert json.loads(path.read_text()) == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "predictions.csv"
+    path.write_text("old,rows\n")
+    with pytest.raises(RuntimeError), atomic_write(path, newline="") as f:
+        f.write("half,")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old,rows\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
