@@ -53,11 +53,11 @@ class Adapter:
         return head(pooled), (feature_map if feature_map.ndim == 4 else None)
 
     def load_processor(self, source: str, config, image_size: int | None = None):
-        """The model's saved image processor, resized to ``image_size`` (the training size)."""
+        """The model's saved image processor, resized to ``image_size`` (the training size) where it feeds another."""
         from transformers import AutoImageProcessor
 
         processor = AutoImageProcessor.from_pretrained(source)
-        if image_size:
+        if image_size and image_size != self.image_size(processor):  # e.g. resize 256 then crop 224 stays as it is
             if "shortest_edge" in processor.size:
                 processor.size = {"shortest_edge": image_size}
             else:
@@ -65,6 +65,11 @@ class Adapter:
             if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None):
                 processor.crop_size = {"height": image_size, "width": image_size}
         return processor
+
+    def image_size(self, processor) -> int:
+        """The side in pixels of the square photos ``processor`` feeds the model: its crop if it crops, else resize."""
+        size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+        return size.get("shortest_edge") or size["height"]
 
     def set_image_size(self, model: nn.Module, image_size: int) -> None:
         """Record the training image size in the model's config; HF-native models keep it in the processor."""
@@ -102,6 +107,10 @@ class TimmWrapperAdapter(Adapter):
         from transformers import TimmWrapperImageProcessor
 
         return TimmWrapperImageProcessor(pretrained_cfg=config.pretrained_cfg, architecture=config.architecture)
+
+    def image_size(self, processor) -> int:
+        """timm's ``data_config`` input size: what the processor resizes and crops to."""
+        return processor.data_config["input_size"][-1]
 
     def name_classes(self, model: nn.Module, labels: list[str]) -> None:
         # note: TimmWrapperConfig saves the label_names it was loaded with and reads them back before id2label,

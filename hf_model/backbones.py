@@ -90,9 +90,29 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
     raise ValueError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)}, a model directory or a Hub id")
 
 
-def default_image_size(name: str) -> int | None:
-    """The input size a registry backbone was pretrained at; None for folders and Hub ids (their processor says)."""
-    return BACKBONES[name].image_size if name in BACKBONES else None
+def default_image_size(name: str) -> int:
+    """The input size in pixels (the side of a square photo) that the backbone ``name`` was made for.
+
+    A registry backbone: the size it was pretrained at. A model folder trained by ``train.py``: the size its
+    run record (``hf_model_config.json``) says it was trained at. Any other folder, or a Hub id: the size its
+    saved preprocessing feeds the model (timm: ``pretrained_cfg``; HF-native: the image processor's crop or
+    resize). Raises ``OSError`` when that cannot be loaded (e.g. a Hub id, offline and not cached).
+    """
+    from hf_model.config import RUN_CONFIG_FILE  # config.py imports this module
+
+    if name in BACKBONES:
+        return BACKBONES[name].image_size
+    record = Path(name) / RUN_CONFIG_FILE
+    recorded = json.loads(record.read_text()).get("image_size") if record.is_file() else None
+    return recorded or _saved_image_size(name)
+
+
+def _saved_image_size(source: str) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    adapter = adapter_for(config)
+    return adapter.image_size(adapter.load_processor(source, config))
 
 
 def base_model_id(name: str) -> str | None:
@@ -180,24 +200,74 @@ def _lite_weights_path(variant: int) -> Path:
 
 
 def load_model(source: str, labels: list[str], image_size: int | None = None):
-    """A pretrained backbone with a fresh head for ``labels``, its config naming them.
+    """A pretrained model whose head gives ``labels``, its config naming them (``id2label``; timm: ``label_names``).
+
+    The head: a model that already has exactly these classes (a run of ours, trained on with the same classes)
+    keeps its trained head, each class's row moved to its place in ``labels``. Any other model gets a fresh
+    head of ``len(labels)`` outputs: ``from_pretrained`` makes one when the count differs, and the loaded one
+    is reset (``reset_parameters``) when as many classes have other names, so that no old class's weights
+    start out standing for a new one.
 
     ``image_size`` is recorded where the architecture keeps it (its adapter's ``set_image_size``),
     so that the saved model's preprocessing matches training.
     """
-    from transformers import AutoModelForImageClassification
+    from transformers import AutoConfig, AutoModelForImageClassification
 
+    config = AutoConfig.from_pretrained(source)
+    known = class_names(config)
+    # note: set on the loaded config, not passed as num_labels=...: that warns of a conflict with the saved id2label
+    config.id2label = dict(enumerate(labels))  # num_labels follows
+    config.label2id = {name: i for i, name in enumerate(labels)}
     model = AutoModelForImageClassification.from_pretrained(
         source,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
+        config=config,
         ignore_mismatched_sizes=True,
+        use_safetensors=True,  # weights only from safetensors: a pickle could run code
     )
-    adapter_for(model).name_classes(model, labels)
+    adapter = adapter_for(model)
+    head = adapter.classifier(model)
+    if sorted(known) == sorted(labels):
+        with torch.no_grad():  # row i of a linear head is class i's
+            for weights in head.parameters():
+                weights.copy_(weights[[known.index(name) for name in labels]])
+    elif len(known) == len(labels):
+        head.reset_parameters()
+    adapter.name_classes(model, labels)
     if image_size:
-        adapter_for(model).set_image_size(model, image_size)
+        adapter.set_image_size(model, image_size)
     return model
+
+
+def class_names(config) -> list[str]:
+    """The class names of a model config, in output order."""
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def check_image_size(model, image_size: int, backbone: str) -> None:
+    """Raise ``ValueError`` naming ``--image_size`` when ``model`` cannot take ``image_size`` x ``image_size`` photos.
+
+    One forward pass of a blank photo asks the model itself (e.g. a ViT's position embeddings fix its input size),
+    so a run stops before training rather than at its first batch.
+    """
+    training = model.training
+    model.eval()  # batch norm takes a batch of one
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    except (ValueError, RuntimeError, AssertionError) as err:
+        raise ValueError(f"--image_size {image_size}: {backbone} cannot take {image_size} x {image_size} photos "
+                         f"({err}); leave --image_size out to train at the size it was made for") from err
+    finally:
+        model.train(training)
+
+
+def weights_version(source: str) -> str:
+    """``source`` as a name for the weights it holds now, for caches of what they compute.
+
+    A local folder adds each weight file's size and modification time: a run folder may be trained again in place.
+    """
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    return json.dumps([source, *[(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
 
 
 def load_image_processor(source: str, model_config=None, image_size: int | None = None):

@@ -27,9 +27,19 @@ from datasets import Image as ImageFeature
 
 from hf_model.backbones import DEFAULT_BACKBONE
 from hf_model.config import load_run_config
-from hf_model.data import load_data
-from hf_model.images import list_images
-from hf_model.serving import DEFAULT_UNSURE_BELOW, Calibration, Classifier, domain_scores, load_gate, open_photo
+from hf_model.data import DataError, load_data
+from hf_model.flags import number_in, whole_number
+from hf_model.images import list_images, skipped_files
+from hf_model.run_folder import RunFolderError, require_finished
+from hf_model.serving import (
+    DEFAULT_UNSURE_BELOW,
+    Calibration,
+    Classifier,
+    UnreadablePhotoError,
+    domain_scores,
+    load_gate,
+    open_photo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +57,26 @@ def calibrate(
     limit: int | None = None,
     batch_size: int = 32,
 ) -> dict:
-    """Choose and save the thresholds of ``model_dir``; returns the report stored with them."""
+    """Choose and save the thresholds of ``model_dir``; returns the report stored with them.
+
+    Raises :class:`~hf_model.run_folder.RunFolderError` when the folder's training did not finish,
+    ``FileNotFoundError`` when it holds no run record, and ``BadImageError`` for an unreadable training photo.
+    """
+    require_finished(model_dir)
     record = load_run_config(model_dir)
     cfg = dataclasses.replace(record.config, data_dir=str(data_dir)) if data_dir else record.config
     data = load_data(cfg, record.training_args.seed, record.cv_fold)  # exactly the splits the model trained on
     others = out_of_domain_photos(out_of_domain_dirs)
     if len(others) < 2:
-        raise ValueError(f"need at least 2 out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}")
+        raise ValueError(f"need at least 2 readable out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}, "
+                         f"found {len(others)}: add photos the model should turn away")
     sets = {split: split_photos(data[split])[:limit] for split in data}
     sets["other_calibration"] = others[0::2][:limit]  # interleaved, so that each room type is in both halves
     sets["other_held_out"] = others[1::2][:limit]
 
     gate = load_gate(gate_backbone)
-    probs = {name: _batched(gate.imagenet_probabilities, images, batch_size) for name, images in sets.items()}
+    probs = {name: photo_probabilities(gate.imagenet_probabilities, images, batch_size)
+             for name, images in sets.items()}
     profile = probs.pop("train").mean(axis=0)
     scores = {name: domain_scores(p, profile) for name, p in probs.items()}
     threshold = choose_threshold(scores["validation"], scores["other_calibration"], max_in_domain_rejection)
@@ -101,7 +118,7 @@ def rejection(scores: np.ndarray, threshold: float) -> dict:
 def unsure_report(classifier: Classifier, validation, unsure_below: float, limit: int | None) -> dict:
     """How many validation photos the model calls unsure, and how often it is right on each side."""
     photos, labels = split_photos(validation)[:limit], np.asarray(validation["label"][:limit])
-    probs = _batched(classifier.probabilities, photos, 32)
+    probs = photo_probabilities(classifier.probabilities, photos, 32)
     right, unsure = probs.argmax(axis=1) == labels, probs.max(axis=1) < unsure_below
     return {
         "unsure_below": unsure_below,
@@ -112,13 +129,29 @@ def unsure_report(classifier: Classifier, validation, unsure_below: float, limit
 
 
 def out_of_domain_photos(folders: list[str | Path]) -> list[Path]:
-    """Every image file under the folders, in a stable order."""
+    """Every readable image file under the folders, in a stable order.
+
+    Files that are not images (:func:`hf_model.images.skipped_files`) and images ``open_photo`` refuses
+    are left out with a warning naming each one: one bad file among hundreds should not stop calibration.
+    Raises ``FileNotFoundError`` for a folder that does not exist.
+    """
     photos = []
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise FileNotFoundError(f"out-of-domain folder {folder} does not exist")
-        photos += list_images(folder)
+        for path, reason in skipped_files(folder):
+            logger.warning("skipping %s: %s", path, reason)
+        photos += [path for path in list_images(folder) if _readable(path)]
     return photos
+
+
+def _readable(path: Path) -> bool:
+    try:
+        open_photo(path)
+    except UnreadablePhotoError as err:
+        logger.warning("skipping %s: %s", path, err)
+        return False
+    return True
 
 
 def split_photos(split) -> list:
@@ -127,10 +160,21 @@ def split_photos(split) -> list:
     return [f["path"] if f.get("path") and Path(f["path"]).is_file() else io.BytesIO(f["bytes"]) for f in files]
 
 
-def _batched(fn, photos: list, batch_size: int) -> np.ndarray:
-    """``fn`` over the photos, opened with serving's ``open_photo`` so they look exactly like uploads."""
-    batches = [fn([open_photo(p) for p in photos[i : i + batch_size]]) for i in range(0, len(photos), batch_size)]
+def photo_probabilities(fn, photos: list, batch_size: int) -> np.ndarray:
+    """``fn`` over the photos, opened with serving's ``open_photo`` so they look exactly like uploads.
+
+    Raises :class:`UnreadablePhotoError` naming the photo when one cannot be read.
+    """
+    batches = [fn([_open(p) for p in photos[i : i + batch_size]]) for i in range(0, len(photos), batch_size)]
     return np.concatenate(batches)
+
+
+def _open(photo):
+    try:
+        return open_photo(photo)
+    except UnreadablePhotoError as err:
+        name = photo if isinstance(photo, str | Path) else "a photo of the dataset"
+        raise UnreadablePhotoError(f"{name}: {err} Fix or remove it, then calibrate again.") from err
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,12 +185,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_dir", help="a trained model folder (train.py --output_dir)")
     parser.add_argument("out_of_domain_dirs", nargs="+", help="folders of photos the model should turn away")
     parser.add_argument("--data_dir", help="the training photos, if not where hf_model_config.json says")
-    parser.add_argument("--max_in_domain_rejection", type=float, default=MAX_IN_DOMAIN_REJECTION)
-    parser.add_argument("--unsure_below", type=float, default=DEFAULT_UNSURE_BELOW)
+    parser.add_argument("--max_in_domain_rejection", type=number_in(0, 1, high_included=False),
+                        default=MAX_IN_DOMAIN_REJECTION, help="share of in-domain photos the threshold may turn away")
+    parser.add_argument("--unsure_below", type=number_in(0, 1), default=DEFAULT_UNSURE_BELOW,
+                        help="top-class probability under which the model says it is unsure")
+    parser.add_argument("--limit", type=whole_number(1), help="photos per set at most (a quick calibration)")
+    parser.add_argument("--batch_size", type=whole_number(1), default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    report = calibrate(args.model_dir, args.out_of_domain_dirs, data_dir=args.data_dir,
-                       max_in_domain_rejection=args.max_in_domain_rejection, unsure_below=args.unsure_below)
+    try:
+        report = calibrate(args.model_dir, args.out_of_domain_dirs, data_dir=args.data_dir,
+                           max_in_domain_rejection=args.max_in_domain_rejection, unsure_below=args.unsure_below,
+                           limit=args.limit, batch_size=args.batch_size)
+    except (FileNotFoundError, UnreadablePhotoError, RunFolderError, DataError) as err:  # the user's folders: one line
+        raise SystemExit(f"hf-model calibrate: {err}") from None
     held_out = report["held_out"]
     print(f"calibration.json written to {args.model_dir}. On photos the threshold was not chosen on it turns away "
           f"{held_out['out_of_domain']['rejected']:.1%} of {held_out['out_of_domain']['photos']} out-of-domain photos "

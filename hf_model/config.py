@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Reject values no run can use, naming the flag (``HfArgumentParser`` builds this dataclass)."""
         fractions = [float(f) for f in self.split_fractions]
-        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        if len(fractions) != 3 or not all(0 < f < 1 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
             raise ValueError(f"--split_fractions takes three shares (train, validation, test), each above 0, that "
                              f"sum to 1 (validation picks the best epoch; test is scored), got {self.split_fractions}")
         checks = [
@@ -108,6 +109,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for name, value in asdict(self).items():  # nan slips through comparisons, inf through upper bounds
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value}")
 
     def augmentation_key(self) -> str:
         """What decides the cached augmented views: change any of it and the cache is not reused."""
@@ -189,7 +193,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     if cfg.cv_folds and args.push_to_hub:
         parser.error("--push_to_hub publishes one model, and --cv_folds trains one per fold: cross-validate "
                      "without --push_to_hub, then train the model to publish without --cv_folds")
+    for message in training_args_problems(args):
+        parser.error(message)
     return cfg, args
+
+
+def training_args_problems(args: TrainingArguments) -> list[str]:
+    """What no run can use among the ``TrainingArguments`` that transformers itself lets through, naming the flag.
+
+    Each would otherwise fail deep in training (a zero batch size, a negative seed) or train nothing
+    (no epochs, a learning rate of 0).
+    """
+    checks = [
+        (math.isfinite(args.learning_rate) and args.learning_rate > 0, "--learning_rate must be above 0"),
+        (args.max_steps > 0 or (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0),
+         "--num_train_epochs must be above 0 (or give --max_steps above 0)"),
+        (args.per_device_train_batch_size >= 1, "--per_device_train_batch_size counts photos: at least 1"),
+        (args.per_device_eval_batch_size >= 1, "--per_device_eval_batch_size counts photos: at least 1"),
+        (args.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps counts batches: at least 1"),
+        (math.isfinite(args.warmup_steps) and (args.warmup_steps < 1 or float(args.warmup_steps).is_integer()),
+         f"--warmup_steps is a share of the training steps (0 to below 1) or a whole number of steps, "
+         f"got {args.warmup_steps}"),
+        (math.isfinite(args.label_smoothing_factor) and 0 <= args.label_smoothing_factor < 1,
+         "--label_smoothing_factor is a share of the target moved to the other classes: 0 (off) to below 1"),
+        (math.isfinite(args.weight_decay) and args.weight_decay >= 0, "--weight_decay must be 0 (off) or more"),
+        (0 <= args.seed < 2**32, "--seed must be from 0 to 2**32 - 1 (what NumPy accepts)"),
+        (args.dataloader_num_workers >= 0, "--dataloader_num_workers must be 0 (load in the main process) or more"),
+        (not args.remove_unused_columns, "--remove_unused_columns true would drop the image column before the "
+                                         "transforms read it: leave it out (this project sets it to false)"),
+    ]
+    return [message for ok, message in checks if not ok]
 
 
 @dataclass
@@ -197,7 +230,9 @@ class RunRecord:
     """What one run did, written beside its model as ``hf_model_config.json`` and loaded back whole.
 
     Like nanoGPT's checkpointed config: nothing about a run is reconstructed by hand. ``cv_fold``
-    is ``(fold, folds)`` for a cross-validation fold, whose test split is that fold.
+    is ``(fold, folds)`` for a cross-validation fold, whose test split is that fold. Training writes
+    the record twice: at its start with ``finished=False`` (so a rerun can tell whether the folder
+    holds the same run, and a run that died is recognisable), and at its end with ``finished=True``.
     """
 
     config: TrainConfig
@@ -207,6 +242,8 @@ class RunRecord:
     image_size: int | None = None  # the input size the model was trained at
     label_source: str = ""
     split_sizes: dict[str, int] = field(default_factory=dict)
+    label_names: list[str] = field(default_factory=list)  # the classes, in the model's output order
+    finished: bool = True  # False while training; records from before this field were written at the end
 
     def to_dict(self) -> dict:
         args = {k: v for k, v in self.training_args.to_dict().items() if not k.endswith("_token")}  # no secrets
@@ -215,10 +252,12 @@ class RunRecord:
                   for k, v in asdict(self.config).items()}
         return {"command": self.command, "config": config, "training_args": args,
                 "cv_fold": list(self.cv_fold) if self.cv_fold else None, "image_size": self.image_size,
-                "label_source": self.label_source, "split_sizes": self.split_sizes}
+                "label_source": self.label_source, "split_sizes": self.split_sizes,
+                "label_names": list(self.label_names), "finished": self.finished}
 
     def save(self, model_dir: str | Path) -> Path:
         """Write ``model_dir/hf_model_config.json`` atomically (a crash never leaves half a record)."""
+        Path(model_dir).mkdir(parents=True, exist_ok=True)
         return write_json_atomic(Path(model_dir) / RUN_CONFIG_FILE, self.to_dict(), default=str)
 
 
@@ -227,7 +266,8 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
 
     Raises ``FileNotFoundError`` when the folder holds no ``hf_model_config.json`` (not trained by
     ``train.py``). Records written before ``training_args`` was stored give the recorded seed and
-    ``TrainingArguments`` defaults for the rest.
+    ``TrainingArguments`` defaults for the rest; those written before ``label_names`` and ``finished``
+    give no class names and count as finished (they were only written at the end of a run).
     """
     path = Path(model_dir) / RUN_CONFIG_FILE
     if not path.is_file():
@@ -248,4 +288,5 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
         training_args = TrainingArguments(**{k: v for k, v in args.items() if k not in HARDWARE_ARGS})
     cv_fold = raw.get("cv_fold") or raw["config"].get("cv_fold")  # older records kept the fold in the config
     return RunRecord(config, training_args, raw.get("command", ""), tuple(cv_fold) if cv_fold else None,
-                     raw.get("image_size"), raw.get("label_source", ""), raw.get("split_sizes", {}))
+                     raw.get("image_size"), raw.get("label_source", ""), raw.get("split_sizes", {}),
+                     raw.get("label_names", []), raw.get("finished", True))

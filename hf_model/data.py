@@ -1,15 +1,17 @@
 """Dataset builders: every source becomes a ``DatasetDict`` of ``image: Image()``, ``label: ClassLabel``.
 
 Sources: the bedroom folder (``bed_N.jpg`` + ``labels.csv`` or ``labels.txt``), the Kaggle
-birds layout (``birds.csv``), any ``imagefolder`` tree and any Hub dataset. Splits are seeded,
-stratified by label and grouped so that near-duplicate photos (perceptual hash) always land
-in the same split. Every photo is decoded once up front, so a broken file is reported here,
-by name, and never deep inside a DataLoader.
+birds layout (``birds.csv``), class folders (optionally split in advance) and any Hub dataset.
+Photos in folders are found with :func:`hf_model.images.list_images`, as prediction finds them.
+Splits are seeded, stratified by label and grouped so that near-duplicate photos (perceptual
+hash) always land in the same split. Every photo is decoded once up front, so a broken file is
+reported here, by name, and never deep inside a DataLoader.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 import warnings
@@ -17,22 +19,37 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets, load_dataset
 
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, TrainConfig
+from hf_model.images import IMAGE_SUFFIXES, is_hidden, list_images, skipped_files
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+# Top-level folders that hold a split made in advance, under the names people give them.
+SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "test": "test"}
+LAYOUTS_ACCEPTED = (
+    "Layouts accepted: class folders, <data_dir>/<class>/<photo> (photos may sit in subfolders of their class "
+    "folder: bedroom/2022/a.jpg is a 'bedroom' photo); the same class folders inside <data_dir>/train/, "
+    "validation/ (or valid/, val/) and test/ for splits made in advance; bed_N.jpg photos with labels.csv or "
+    "labels.txt; birds.csv beside the photos it lists.")
 BEDROOM_CLASSES = {"M": "Modern", "O": "Old"}
 # Two photos are near-duplicates when both their 64-bit pHash and dHash differ in at most
 # this many bits (the rule behind shared/data/bedrooms/duplicates.csv).
 NEAR_DUPLICATE_BITS = 10
+CLASSES_LISTED = 12  # the log names each class and its count up to this many classes, then summarises
 
 
-class BadImageError(ValueError):
+class DataError(ValueError):
+    """The photos or labels given cannot be trained on as they are; the message names the file and the fix."""
+
+
+class BadImageError(DataError):
     """A file that should be a photo cannot be decoded."""
 
 
@@ -45,6 +62,14 @@ class LabeledFiles:
     class_names: list[str]
     unlabeled: list[str]
     label_source: str
+
+
+class LabelRow(NamedTuple):
+    """One label read from an index file: where it was read (``labels.csv:5``), the photo it names, its label."""
+
+    where: str
+    file: str
+    label: str
 
 
 def build_dataset(
@@ -63,12 +88,16 @@ def build_dataset(
 
     ``cv_fold=(i, k)`` makes fold ``i`` of a stratified grouped ``k``-fold split the test set (for
     cross-validation); validation is then carved from the rest in the train:validation ratio.
+
+    Raises:
+        BadImageError: a photo does not decode (unless ``skip_bad_images``).
+        ValueError: a layout, label file or class that cannot train a model; the message says what to change.
     """
     if dataset_name:
         return build_hub_dataset(dataset_name, image_column, label_column, split_fractions, seed, skip_bad_images,
                                  cv_fold)
     if not data_dir:
-        raise ValueError("give a --data_dir (a folder of photos) or a --dataset (a Hub dataset id)")
+        raise DataError("give a --data_dir (a folder of photos) or a --dataset (a Hub dataset id)")
     layout = detect_layout(data_dir)
     if layout == "bedrooms":
         found = read_bedroom_labels(data_dir, labels_file)
@@ -126,7 +155,12 @@ def read_bedroom_labels(data_dir: str | Path, labels_file: str | None = None) ->
     is the write-up's 451 characters: label i belongs to the i-th existing ``bed_N.jpg`` of the
     *full* Kaggle folder in ascending N. If ``labeled_order.txt`` sits beside it, that file
     gives the corrected order; otherwise the rule is applied to this folder, which is only
-    right if no Kaggle file is missing (see shared/data/bedrooms/README.md).
+    right if no Kaggle file is missing (see shared/data/bedrooms/README.md). Labeled files that
+    are not here are skipped with a warning naming where they were listed.
+
+    Raises:
+        FileNotFoundError: no labels file.
+        ValueError: a label that is not M or O, or more labels than photos (naming file, line and count).
     """
     root = Path(data_dir)
     photos = sorted(root.glob("bed_*.jpg"), key=_bed_number)
@@ -136,18 +170,13 @@ def read_bedroom_labels(data_dir: str | Path, labels_file: str | None = None) ->
     if not path.is_file():
         raise FileNotFoundError(f"no labels file: {path}")
     if path.suffix == ".csv":
-        pairs = _read_label_csv(path)
-        source = f"{path.name} (labels by file name)"
+        rows, source = _read_label_csv(path), f"{path.name} (labels by file name)"
     else:
-        pairs, source = _pair_labels_txt(path, photos)
-    present = {p.name for p in photos}
-    missing = [name for name in pairs if name not in present]
-    if missing:
-        logger.warning("%s: %d labeled files are not in %s (e.g. %s); they are skipped",
-                       path, len(missing), root, missing[0])
+        rows, source = _pair_labels_txt(path, photos)
+    pairs = {row.file: row.label for row in _skip_missing(rows, root, {p.name for p in photos})}
     class_names = sorted(BEDROOM_CLASSES.values())
-    files = [str(root / name) for name in pairs if name in present]
-    labels = [class_names.index(BEDROOM_CLASSES[pairs[Path(f).name]]) for f in files]
+    files = [str(root / name) for name in pairs]
+    labels = [class_names.index(BEDROOM_CLASSES[label]) for label in pairs.values()]
     unlabeled = [str(p) for p in photos if p.name not in pairs]
     return LabeledFiles(files, labels, class_names, unlabeled, source)
 
@@ -156,62 +185,109 @@ def _bed_number(path: Path) -> int:
     return int(re.search(r"bed_(\d+)", path.name).group(1))
 
 
-def _read_label_csv(path: Path) -> dict[str, str]:
+def _read_label_csv(path: Path) -> list[LabelRow]:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"file", "label"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected a header 'file,label' and one row per photo")
-    pairs = {}
+        raise DataError(f"{path}: expected a header 'file,label' and one row per photo")
+    labels = []
     for line, row in enumerate(rows, start=2):
         label = row["label"].strip().upper()
         if label not in BEDROOM_CLASSES:
-            raise ValueError(f"{path}:{line}: label {row['label']!r} is not one of {sorted(BEDROOM_CLASSES)}")
-        pairs[row["file"].strip()] = label
-    return pairs
+            raise DataError(f"{path}:{line}: label {row['label']!r} is not one of {sorted(BEDROOM_CLASSES)}")
+        labels.append(LabelRow(f"{path.name}:{line}", row["file"].strip(), label))
+    return labels
 
 
-def _pair_labels_txt(path: Path, photos: list[Path]) -> tuple[dict[str, str], str]:
-    letters = path.read_text().strip()
-    bad = sorted(set(letters) - set(BEDROOM_CLASSES))
-    if bad:
-        raise ValueError(f"{path}: unexpected characters {bad}; expected only {sorted(BEDROOM_CLASSES)}")
+def _pair_labels_txt(path: Path, photos: list[Path]) -> tuple[list[LabelRow], str]:
+    letters = _read_label_letters(path)
     order_file = path.with_name("labeled_order.txt")
     if order_file.is_file():
-        order = order_file.read_text().split()
+        order = [(line, name.strip()) for line, name in enumerate(order_file.read_text().splitlines(), start=1)
+                 if name.strip()]
         if len(order) != len(letters):
-            raise ValueError(f"{order_file} lists {len(order)} files but {path} has {len(letters)} labels")
-        return dict(zip(order, letters)), f"{path.name} paired by {order_file.name} (corrected Kaggle order)"
-    logger.warning("%s: pairing label i with the i-th bed_N.jpg here; this is only right if no Kaggle photo "
-                   "is missing from the folder (prefer labels.csv)", path)
-    return dict(zip((p.name for p in photos), letters)), f"{path.name} (i-th label -> i-th bed_N.jpg here)"
+            raise DataError(f"{order_file} lists {len(order)} files but {path} has {len(letters)} labels")
+        rows = [LabelRow(f"{order_file.name}:{line}", name, letter) for (line, name), letter in zip(order, letters)]
+        return rows, f"{path.name} paired by {order_file.name} (corrected Kaggle order)"
+    if len(letters) > len(photos):
+        raise DataError(f"{path} has {len(letters)} labels but {path.parent} has only {len(photos)} bed_N.jpg photos: "
+                         f"label i goes to the i-th photo in ascending N, so {len(letters) - len(photos)} labels have "
+                         "no photo and the others may belong to other photos. Put the missing photos back, give the "
+                         "order in labeled_order.txt (one file name a line), or use labels.csv (file,label).")
+    unlabeled = len(photos) - len(letters)
+    logger.warning("%s: %d labels for %d bed_N.jpg photos: label i goes to the i-th photo in ascending N%s. This is "
+                   "only right if no photo is missing from the folder (prefer labels.csv: file,label)", path,
+                   len(letters), len(photos), f", the other {unlabeled} stay unlabeled" if unlabeled else "")
+    rows = [LabelRow(f"{path.name} label {i}", p.name, letter)
+            for i, (p, letter) in enumerate(zip(photos, letters), start=1)]
+    return rows, f"{path.name} (i-th label -> i-th bed_N.jpg here)"
+
+
+def _read_label_letters(path: Path) -> str:
+    """The M/O letters of a ``labels.txt``: all on one line, one a line, or apart by spaces; any case.
+
+    Raises:
+        ValueError: another character, naming its line, its position among the labels and the character.
+    """
+    letters = []
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        for char in "".join(text.split()):
+            if char.upper() not in BEDROOM_CLASSES:
+                raise DataError(f"{path}:{line}: label {len(letters) + 1} is {char!r}; {path.name} holds one letter "
+                                 f"per photo, {' or '.join(BEDROOM_CLASSES)} ({', '.join(BEDROOM_CLASSES.values())})")
+            letters.append(char.upper())
+    return "".join(letters)
 
 
 def read_birds_csv(data_dir: str | Path) -> LabeledFiles:
-    """The Kaggle BIRDS-525 layout: ``birds.csv`` (class id, filepaths, labels, ...) + class folders."""
+    """The Kaggle BIRDS-525 layout: ``birds.csv`` (class id, filepaths, labels, ...) + class folders.
+
+    Rows naming a file that is not here are skipped with a warning naming their lines, as for
+    ``labels.csv``: an index often lists more than one download holds (held-out or unfetched photos).
+    """
     root = Path(data_dir)
     path = root / "birds.csv"
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"filepaths", "labels"} <= set(rows[0]):
-        raise ValueError(f"{path}: expected columns 'filepaths' and 'labels' in the header")
+        raise DataError(f"{path}: expected columns 'filepaths' and 'labels' in the header")
     class_names = sorted({row["labels"].strip() for row in rows})
     index = {name: i for i, name in enumerate(class_names)}
-    files = [str(root / row["filepaths"].strip()) for row in rows]
-    labels = [index[row["labels"].strip()] for row in rows]
-    return LabeledFiles(files, labels, class_names, [], f"{path.name} ({len(class_names)} species)")
+    listed = [LabelRow(f"{path.name}:{line}", row["filepaths"].strip(), row["labels"].strip())
+              for line, row in enumerate(rows, start=2)]
+    here = _skip_missing(listed, root, {row.file for row in listed if (root / row.file).is_file()})
+    return LabeledFiles([str(root / row.file) for row in here], [index[row.label] for row in here],
+                        class_names, [], f"{path.name} ({len(class_names)} species)")
+
+
+def _skip_missing(rows: list[LabelRow], root: Path, present: set[str]) -> list[LabelRow]:
+    """The rows whose file is ``present``; the others are skipped with one warning that says where they were listed."""
+    missing = [row for row in rows if row.file not in present]
+    if missing:
+        shown = ", ".join(f"{row.where} {row.file}" for row in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        logger.warning("%d of %d labeled files are not in %s and are skipped: %s", len(missing), len(rows), root, shown)
+    return [row for row in rows if row.file in present]
 
 
 def split_labeled_files(
     found: LabeledFiles, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
     cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
-    """Check every photo, group near-duplicates, and make the stratified grouped splits."""
-    files, labels = found.files, np.asarray(found.labels)
+    """Check every photo, group near-duplicates, and make the stratified grouped splits.
+
+    Raises:
+        BadImageError: a photo does not decode (unless ``skip_bad_images``).
+        ValueError: a class left without photos, or classes too small to split.
+    """
+    files, labels = found.files, np.asarray(found.labels, dtype=int)
+    log_classes(found.label_source, labels, found.class_names)
     hashes, good = scan_images(files + found.unlabeled, skip_bad_images)
     n = len(files)
     keep = good[:n]
+    _require_every_class(labels[keep], found.class_names, found.label_source)
     groups = near_duplicate_groups(hashes)
-    split_ids = stratified_group_split(labels[keep], groups[:n][keep], split_fractions, seed, cv_fold)
+    split_ids = stratified_group_split(labels[keep], groups[:n][keep], split_fractions, seed, cv_fold,
+                                       class_names=found.class_names)
     features = Features({"image": Image(), "label": ClassLabel(names=found.class_names)})
     kept_files = [f for f, ok in zip(files, keep) if ok]
     out = DatasetDict()
@@ -229,48 +305,199 @@ def split_labeled_files(
     return out
 
 
+def log_classes(source: str, labels: np.ndarray, class_names: Sequence[str]) -> None:
+    """One info line before training: the classes found and their photo counts (a summary for many classes)."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(class_names))
+    if len(class_names) <= CLASSES_LISTED:
+        listed = ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
+    else:
+        fewest = ", ".join(f"{class_names[c]} {counts[c]}" for c in np.argsort(counts, kind="stable")[:3])
+        listed = (f"{counts.min()} to {counts.max()} photos a class (median {np.median(counts):g}); "
+                  f"fewest: {fewest}")
+    logger.info("%s: %d classes, %d photos: %s", source, len(class_names), counts.sum(), listed)
+
+
+def _require_every_class(labels: np.ndarray, class_names: Sequence[str], source: str) -> None:
+    empty = [name for c, name in enumerate(class_names) if not (labels == c).any()]
+    if empty:
+        raise DataError(f"{source}: no photos of class {', '.join(empty)} (its files are missing or were skipped as "
+                         "unreadable); a class without photos cannot be learned. Add photos, or remove the class.")
+
+
 def build_imagefolder_dataset(
     data_dir: str | Path, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
     cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
-    """``class_name/*.jpg`` trees (optionally already split into train/validation/test folders)."""
-    loaded = load_dataset("imagefolder", data_dir=str(data_dir))
-    for split in loaded.values():
-        if "label" not in split.column_names:
-            raise ValueError(f"{data_dir}: no class folders found; expected {data_dir}/<class name>/<photo>.jpg")
-    loaded = loaded.cast_column("image", Image(decode=False))
-    class_names = loaded[next(iter(loaded))].features["label"].names
-    if set(loaded) >= {"train", "test"} and cv_fold is None:
-        return _check_presplit(loaded, class_names, skip_bad_images)
-    merged = [ex for split in loaded.values() for ex in split]
-    found = LabeledFiles([ex["image"]["path"] for ex in merged], [ex["label"] for ex in merged],
-                         class_names, [], f"folder names under {data_dir}")
-    return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
+    """Class folders: a photo's class is the top-level folder under ``data_dir`` it sits in, at any depth.
 
+    Top-level ``train/``, ``validation/`` (or ``valid/``, ``val/``) and ``test/`` folders, each holding the
+    class folders, are splits made in advance: they are kept, and a missing validation or test split
+    is carved from train (with ``cv_fold``, everything is pooled and re-split). Files that are not
+    images are left out and counted in the log; hidden and system files are ignored.
 
-def _check_presplit(loaded: DatasetDict, class_names: list[str], skip_bad_images: bool) -> DatasetDict:
-    out = DatasetDict()
-    for name, split in loaded.items():
-        _, good = scan_images([ex["path"] for ex in split["image"]], skip_bad_images)
-        out["validation" if name == "valid" else name] = split.select(np.flatnonzero(good)).cast_column(
-            "image", Image())
-    if "validation" not in out:
-        held = out["train"].train_test_split(test_size=0.15, stratify_by_column="label", seed=0)
-        out["train"], out["validation"] = held["train"], held["test"]
-    out.label_source = f"class folders ({len(class_names)} classes), splits from the folder"
+    Raises:
+        ValueError: photos beside class folders, a class folder without photos, fewer than two classes, split
+            folders beside class folders, or a class missing from train/ (each says what to change).
+    """
+    root = Path(data_dir)
+    _log_skipped_files(root)
+    folders = _visible_folders(root)
+    split_folders = {f.name.lower(): f for f in folders if f.name.lower() in SPLIT_FOLDERS}
+    if not split_folders:
+        by_class = _class_folders(root)
+        _require_two_classes(root, list(by_class))
+        found = _labeled_files([by_class], sorted(by_class), f"folder names under {data_dir}")
+        return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
+    given = _presplit_class_folders(root, folders, split_folders)
+    class_names = sorted(set().union(*given.values()))
+    if cv_fold is not None or set(given) == {"train"}:
+        found = _labeled_files(list(given.values()), class_names, f"folder names under {data_dir}")
+        return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
+    features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
+    splits = {name: _labeled_files([by_class], class_names, "") for name, by_class in given.items()}
+    log_classes(f"class folders in {', '.join(split_folders)}", sum((s.labels for s in splits.values()), []),
+                class_names)
+    out = _carve_missing_splits(DatasetDict(
+        {name: Dataset.from_dict({"image": s.files, "label": s.labels}, features=features)
+         for name, s in splits.items()}), split_fractions, seed, skip_bad_images)
+    carved = [name for name in SPLITS if name not in given]
+    out.label_source = (f"class folders ({len(class_names)} classes), splits from the folder"
+                        + (f"; {' and '.join(carved)} carved from train" if carved else ""))
     return out
+
+
+def _log_skipped_files(root: Path) -> None:
+    skipped = skipped_files(root)
+    if skipped:
+        shown = "; ".join(f"{path.relative_to(root)} ({why})" for path, why in skipped[:3])
+        what = "1 file is not an image and is" if len(skipped) == 1 else f"{len(skipped)} files are not images and are"
+        logger.warning("%s: %s left out: %s%s", root, what, shown, "; ..." if len(skipped) > 3 else "")
+
+
+def _visible_folders(folder: Path) -> list[Path]:
+    """Subfolders of ``folder`` that are not hidden or system folders (``.git``, ``__MACOSX``), sorted."""
+    return sorted(sub for sub in folder.iterdir() if sub.is_dir() and not is_hidden(Path(sub.name)))
+
+
+def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Each class folder of ``folder`` with its photos at any depth.
+
+    Raises:
+        ValueError: photos directly in ``folder`` (their class is unknown), or a class folder without photos.
+    """
+    _refuse_stray_photos(folder)
+    by_class = {sub.name: list_images(sub) for sub in _visible_folders(folder)}
+    empty = [name for name, photos in by_class.items() if not photos]
+    if empty:
+        raise DataError(
+            f"{folder}: class folder{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} "
+            f"{'hold' if len(empty) > 1 else 'holds'} no photos (files that are not images and hidden files do not "
+            "count); a class without photos cannot be learned: add photos to it, or remove the folder.")
+    return by_class
+
+
+def _refuse_stray_photos(folder: Path) -> None:
+    stray = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                   and not is_hidden(Path(path.name)))
+    if stray:
+        shown = ", ".join(p.name for p in stray[:3]) + (", ..." if len(stray) > 3 else "")
+        many = len(stray) > 1
+        raise DataError(f"{folder}: {len(stray)} photo{'s' if many else ''} ({shown}) {'sit' if many else 'sits'} "
+                         "directly in the folder, but a photo's class is the folder it sits in: move "
+                         f"{'them' if many else 'it'} into a folder named for the class. {LAYOUTS_ACCEPTED}")
+
+
+def _require_two_classes(folder: Path, class_names: list[str]) -> None:
+    if len(class_names) < 2:
+        found = f"{len(class_names)} class folder ({class_names[0]})" if class_names else "no class folders"
+        raise DataError(f"{folder}: found {found}; a classifier needs at least two classes, each a folder of "
+                         f"photos. {LAYOUTS_ACCEPTED}")
+
+
+def _presplit_class_folders(
+    root: Path, folders: list[Path], split_folders: dict[str, Path],
+) -> dict[str, dict[str, list[Path]]]:
+    """``{split: {class: photos}}`` of a folder split in advance (train/, validation/ or valid/ or val/, test/).
+
+    Raises:
+        ValueError: split folders beside class folders or photos, two folders for one split, no train/, fewer than
+            two classes, or a class that is not in train/.
+    """
+    others = [f.name for f in folders if f.name.lower() not in SPLIT_FOLDERS]
+    if others:
+        raise DataError(f"{root}: split folders ({', '.join(split_folders)}) beside other folders "
+                         f"({', '.join(others)}): either every top-level folder is a split or every one is a class. "
+                         f"{LAYOUTS_ACCEPTED}")
+    _refuse_stray_photos(root)
+    given: dict[str, dict[str, list[Path]]] = {}
+    for name, folder in split_folders.items():
+        split = SPLIT_FOLDERS[name]
+        if split in given:
+            twins = [n for n in split_folders if SPLIT_FOLDERS[n] == split]
+            raise DataError(f"{root}: folders {' and '.join(twins)} both hold the {split} split; keep one")
+        given[split] = _class_folders(folder)
+    if "train" not in given:
+        raise DataError(f"{root}: split folders ({', '.join(split_folders)}) but no train/ folder. {LAYOUTS_ACCEPTED}")
+    class_names = sorted(set().union(*given.values()))
+    _require_two_classes(split_folders["train"], class_names)
+    untrained = [name for name in class_names if name not in given["train"]]
+    if untrained:
+        raise DataError(f"{root}: class {', '.join(untrained)} has photos in other splits but is not in "
+                         f"{split_folders['train']}: a model cannot predict a class it never trained on. Add its "
+                         "photos to the train folder.")
+    return given
+
+
+def _labeled_files(by_class_parts: list[dict[str, list[Path]]], class_names: list[str], source: str) -> LabeledFiles:
+    """Photo paths and class numbers of ``{class: photos}`` mappings, in order."""
+    files, labels = [], []
+    for by_class in by_class_parts:
+        for name, photos in by_class.items():
+            files += [str(p) for p in photos]
+            labels += [class_names.index(name)] * len(photos)
+    return LabeledFiles(files, labels, class_names, [], source)
+
+
+def _carve_missing_splits(
+    given: DatasetDict, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
+) -> DatasetDict:
+    """Keep the train and validation and/or test splits ``given`` (every photo checked) and carve the missing one
+    from train: stratified, grouped by near-duplicates, in its share of ``split_fractions``."""
+    checked, train_hashes = {}, None
+    for name, split in given.items():
+        hashes, good = scan_images(_image_cells(split), skip_bad_images)
+        checked[name] = split.select(np.flatnonzero(good))
+        if name == "train":
+            train_hashes = hashes[good]
+    if set(checked) == set(SPLITS):
+        return DatasetDict({name: checked[name] for name in SPLITS})
+    train = checked["train"]
+    shares = [share if name == "train" or name not in given else 0.0 for name, share in zip(SPLITS, split_fractions)]
+    ids = stratified_group_split(np.asarray(train["label"]), near_duplicate_groups(train_hashes),
+                                 np.asarray(shares) / sum(shares), seed, class_names=train.features["label"].names)
+    carved = {name: train.select(i) for name, i in zip(SPLITS, ids) if name == "train" or name not in given}
+    return DatasetDict({name: carved.get(name, checked.get(name)) for name in SPLITS})
+
+
+def _image_cells(split: Dataset) -> list[dict]:
+    """The image column undecoded (``{"bytes", "path"}`` per photo), for :func:`scan_images` to decode in parallel."""
+    return list(split.cast_column("image", Image(decode=False))["image"])
 
 
 def build_hub_dataset(
     name: str, image_column: str, label_column: str, split_fractions: Sequence[float], seed: int,
     skip_bad_images: bool, cv_fold: tuple[int, int] | None = None,
 ) -> DatasetDict:
-    """A Hub dataset with an image and a label column; its own splits are kept when it has them."""
+    """A Hub dataset with an image and a label column.
+
+    Its own splits are kept: a train split with validation and/or test keeps them and gets the missing one
+    carved from train; a dataset with no such splits (or with ``cv_fold``) is pooled and re-split.
+    """
     loaded = load_dataset(name)
     first = loaded[next(iter(loaded))]
     for column in (image_column, label_column):
         if column not in first.column_names:
-            raise ValueError(f"{name} has no column {column!r}; its columns are {first.column_names} "
+            raise DataError(f"{name} has no column {column!r}; its columns are {first.column_names} "
                              "(set --image_column / --label_column)")
     loaded = loaded.select_columns([image_column, label_column])
     loaded = loaded.rename_columns({c: t for c, t in [(image_column, "image"), (label_column, "label")] if c != t})
@@ -282,31 +509,28 @@ def build_hub_dataset(
     loaded = loaded.cast_column("image", Image())
     if "validation" not in loaded and "valid" in loaded:
         loaded["validation"] = loaded.pop("valid")
-    if all(s in loaded for s in SPLITS) and cv_fold is None:
-        out = DatasetDict({s: loaded[s] for s in SPLITS})
+    if cv_fold is None and "train" in loaded and {"validation", "test"} & set(loaded):
+        out = _carve_missing_splits(DatasetDict({s: loaded[s] for s in SPLITS if s in loaded}), split_fractions, seed,
+                                    skip_bad_images)
     else:
-        everything = _concatenate(list(loaded.values()))
-        hashes, good = scan_images(everything["image"], skip_bad_images)
+        everything = concatenate_datasets(list(loaded.values()))
+        hashes, good = scan_images(_image_cells(everything), skip_bad_images)
         labels = np.asarray(everything["label"])
         ids = np.flatnonzero(good)
         split_ids = stratified_group_split(labels[ids], near_duplicate_groups(hashes)[ids], split_fractions, seed,
-                                           cv_fold)
+                                           cv_fold, class_names=everything.features["label"].names)
         out = DatasetDict({s: everything.select(ids[i]) for s, i in zip(SPLITS, split_ids)})
     out.label_source = f"Hub dataset {name} (column {label_column!r})"
     return out
 
 
-def _concatenate(parts: list[Dataset]) -> Dataset:
-    from datasets import concatenate_datasets
-
-    return concatenate_datasets(parts)
-
-
 def scan_images(images: Iterable, skip_bad_images: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Decode every photo once: perceptual hashes (n, 2) and a mask of the readable ones.
 
-    A file that does not decode raises :class:`BadImageError` naming it, or is skipped with a
-    warning when ``skip_bad_images`` is set.
+    ``images`` are file paths, PIL images or ``datasets`` image cells (``{"bytes", "path"}``). A photo
+    is hashed as the model sees it: upright RGB, high bit depths scaled (:func:`hf_model.transforms.to_rgb`).
+    A file that does not decode (Pillow's decompression-bomb limit included) raises
+    :class:`BadImageError` naming it, or is skipped with a warning when ``skip_bad_images`` is set.
     """
     items = list(images)
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
@@ -315,8 +539,7 @@ def scan_images(images: Iterable, skip_bad_images: bool = False) -> tuple[np.nda
     good = np.ones(len(items), dtype=bool)
     for i, (item, result) in enumerate(zip(items, results)):
         if isinstance(result, Exception):
-            name = item if isinstance(item, str) else getattr(item, "filename", f"image #{i}")
-            message = f"{name}: not a readable image ({type(result).__name__}: {result})"
+            message = f"{_image_name(item, i)}: not a readable image ({type(result).__name__}: {result})"
             if not skip_bad_images:
                 raise BadImageError(message + ". Fix or remove the file, or pass --skip_bad_images to skip it.")
             logger.warning("skipping %s", message)
@@ -326,14 +549,25 @@ def scan_images(images: Iterable, skip_bad_images: bool = False) -> tuple[np.nda
     return hashes, good
 
 
+def _image_name(item, i: int) -> str:
+    if isinstance(item, str | Path):
+        return str(item)
+    path = item.get("path") if isinstance(item, dict) else getattr(item, "filename", None)
+    return path or f"image #{i}"
+
+
 def _hash_one(item) -> tuple[int, int] | Exception:
     import imagehash
     from PIL import Image as PILImage
 
+    from hf_model.transforms import to_rgb
+
     try:
-        image = PILImage.open(item) if isinstance(item, str | Path) else item
+        if isinstance(item, dict):  # a datasets image cell: its bytes, or the file it names
+            item = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+        image = item if isinstance(item, PILImage.Image) else PILImage.open(item)
         image.load()
-        image = image.convert("RGB")
+        image = to_rgb(image)
         return int(str(imagehash.phash(image)), 16), int(str(imagehash.dhash(image)), 16)
     except Exception as err:  # any decoder failure is reported against the file name
         return err
@@ -360,51 +594,181 @@ def near_duplicate_groups(hashes: np.ndarray, max_bits: int = NEAR_DUPLICATE_BIT
 
 def stratified_group_split(
     labels: np.ndarray, groups: np.ndarray, split_fractions: Sequence[float], seed: int,
-    cv_fold: tuple[int, int] | None = None,
+    cv_fold: tuple[int, int] | None = None, class_names: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Indices of train/validation/test: stratified by label, no group in two splits, seeded.
 
     With ``cv_fold=(i, k)`` the test set is fold ``i`` of ``k`` instead of a ``split_fractions`` share.
+    Where scikit-learn's folds cannot serve small classes, each class gets the smallest valid
+    allocation instead: a photo in train always, one in validation from 2 photos and in test from 3
+    (near-duplicates count as one photo). Classes left out of validation or test are named in a
+    warning (``class_names``, else their numbers), and so is an empty test split.
+
+    Raises:
+        ValueError: bad ``split_fractions`` or ``cv_fold``; no class with 2 photos (nothing to validate on).
     """
+    fractions = _checked_fractions(split_fractions)
+    names = list(class_names) if class_names is not None else [str(c) for c in range(int(labels.max(initial=-1)) + 1)]
+    photos = _photos_per_class(labels, groups)
+    _require_photos_to_validate(photos, fractions, names)
+    if cv_fold is None:
+        splits = _fold_split(np.arange(len(labels)), labels, groups, fractions, seed)
+    else:
+        splits = _cv_fold_split(labels, groups, fractions, seed, cv_fold)
+    _warn_about_small_classes(splits, labels, photos, fractions, names)
+    return [np.sort(s) for s in splits]
+
+
+# Photos a class needs before it gets one in validation / in test (train always gets the first).
+PHOTOS_TO_VALIDATE, PHOTOS_TO_TEST = 2, 3
+
+
+def _checked_fractions(split_fractions: Sequence[float]) -> np.ndarray:
+    fractions = np.asarray(split_fractions, dtype=float)
+    if len(fractions) != 3 or (fractions < 0).any() or fractions[0] <= 0 or not np.isclose(fractions.sum(), 1.0):
+        raise DataError(f"split fractions must be three numbers (train, validation, test) summing to 1, with "
+                         f"train above 0, got {list(split_fractions)}")
+    return fractions
+
+
+def _photos_per_class(labels: np.ndarray, groups: np.ndarray) -> dict[int, int]:
+    """Distinct photos per class: a group of near-duplicates counts once."""
+    return {int(c): len(np.unique(groups[labels == c])) for c in np.unique(labels)}
+
+
+def _require_photos_to_validate(photos: dict[int, int], fractions: np.ndarray, names: list[str]) -> None:
+    if not photos:
+        raise DataError("no labeled photos to split")
+    if fractions[1] > 0 and max(photos.values()) < PHOTOS_TO_VALIDATE:
+        short = [f"{names[c]} ({n})" for c, n in photos.items() if n < PHOTOS_TO_TEST]
+        listed = ", ".join(short[:10]) + (f" and {len(short) - 10} more" if len(short) > 10 else "")
+        raise DataError(f"too few photos to split: each class needs at least {PHOTOS_TO_TEST} photos (one for each "
+                         f"of train, validation and test), and no class has the {PHOTOS_TO_VALIDATE} needed to "
+                         f"validate on (near-duplicates count as one photo); too few: {listed}. Add photos.")
+
+
+def _fold_split(
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int,
+) -> list[np.ndarray]:
+    """Train/validation/test of ``idx``: seeded stratified grouped folds, or per class where folds shortchange one."""
+    try:
+        rest, test = _hold_out(idx, labels, groups, fractions[2], seed)
+        train, val = _hold_out(rest, labels, groups, fractions[1] / (fractions[0] + fractions[1]), seed + 1)
+        splits = [train, val, test]
+    except ValueError:  # scikit-learn: "the resulting train set will be empty" and kin, on small classes
+        splits = None
+    if splits is None or _misallocated(splits, labels, _photos_per_class(labels[idx], groups[idx]), fractions):
+        logger.info("classes too small for stratified folds: splitting %d photos class by class", len(idx))
+        splits = _allocate_per_class(idx, labels, groups, fractions, seed)
+    return splits
+
+
+def _hold_out(
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``idx`` as (rest, held), about ``fraction`` held: one fold of a seeded StratifiedGroupKFold."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
-    fractions = np.asarray(split_fractions, dtype=float)
-    if len(fractions) != 3 or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
-        raise ValueError(f"split fractions must be three numbers (train, validation, test) summing to 1, "
-                         f"got {list(split_fractions)}")
-
-    def hold_out(idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        if fraction <= 0:
-            return idx, idx[:0]
-        if fraction >= 1:
-            return idx[:0], idx
-        n_splits = max(2, round(1 / fraction))
-        largest_class = np.unique(labels[idx], return_counts=True)[1].max()
-        if largest_class < 2:  # one photo per class: nothing to stratify, keep groups whole
-            folds = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-            rest, held = next(folds.split(idx, groups=groups[idx]))
-            return idx[rest], idx[held]
-        if n_splits > largest_class:
-            # Classes smaller than the fold count (e.g. 4 photos per bird): hold out one fold of
-            # as many folds as the largest class allows, then keep the right share of that fold.
-            rest, held = hold_out(idx, 1 / max(2, largest_class), seed)
-            back, held = hold_out(held, min(1.0, fraction * max(2, largest_class)), seed + 100)
-            return np.concatenate([rest, back]), held
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():  # "least populated class has fewer members than n_splits"
-            warnings.simplefilter("ignore", UserWarning)
-            rest, held = next(folds.split(idx, labels[idx], groups[idx]))
+    if fraction <= 0:
+        return idx, idx[:0]
+    if fraction >= 1:
+        return idx[:0], idx
+    n_splits = max(2, round(1 / fraction))
+    largest_class = np.unique(labels[idx], return_counts=True)[1].max()
+    if largest_class < 2:  # one photo per class: nothing to stratify, keep groups whole
+        folds = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        rest, held = next(folds.split(idx, groups=groups[idx]))
         return idx[rest], idx[held]
+    if n_splits > largest_class:
+        # Classes smaller than the fold count (e.g. 4 photos per bird): hold out one fold of
+        # as many folds as the largest class allows, then keep the right share of that fold.
+        rest, held = _hold_out(idx, labels, groups, 1 / max(2, largest_class), seed)
+        back, held = _hold_out(held, labels, groups, min(1.0, fraction * max(2, largest_class)), seed + 100)
+        return np.concatenate([rest, back]), held
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "least populated class has fewer members than n_splits"
+        warnings.simplefilter("ignore", UserWarning)
+        rest, held = next(folds.split(idx, labels[idx], groups[idx]))
+    return idx[rest], idx[held]
 
+
+def _misallocated(splits: list[np.ndarray], labels: np.ndarray, photos: dict[int, int], fractions: np.ndarray) -> bool:
+    """Whether a split leaves a class out of train, out of a split its share fills with a photo or more,
+    or leaves validation or test empty although a class has the photos for it."""
+    present = [set(labels[s].tolist()) for s in splits]
+    if set(photos) - present[0]:
+        return True
+    for held, fraction, needed in zip(present[1:], fractions[1:], (PHOTOS_TO_VALIDATE, PHOTOS_TO_TEST)):
+        if fraction > 0 and not held and max(photos.values()) >= needed:
+            return True
+        if any(fraction * n >= 1 and c not in held for c, n in photos.items()):
+            return True
+    return False
+
+
+def _allocate_per_class(
+    idx: np.ndarray, labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int,
+) -> list[np.ndarray]:
+    """The smallest valid split: each class's groups shuffled (seeded), then dealt to validation and test
+    (:func:`_held_out_counts`), the rest to train. A group of near-duplicates goes where its first photo's class
+    sends it."""
+    _, first, unit_of = np.unique(groups[idx], return_index=True, return_inverse=True)
+    unit_label = labels[idx][first]
+    rng = np.random.default_rng(seed)
+    split_of_unit = np.zeros(len(first), dtype=int)
+    for c in np.unique(unit_label):
+        units = rng.permutation(np.flatnonzero(unit_label == c))
+        n_val, n_test = _held_out_counts(len(units), fractions)
+        split_of_unit[units[:n_val]] = 1
+        split_of_unit[units[n_val:n_val + n_test]] = 2
+    split_of_photo = split_of_unit[unit_of]
+    return [idx[split_of_photo == s] for s in range(3)]
+
+
+def _held_out_counts(n: int, fractions: np.ndarray) -> tuple[int, int]:
+    """Validation and test photos of a class of ``n``: its shares rounded, at least one where the class has
+    the photos for it, and always one left for train."""
+    val, test = (int(np.floor(n * f + 0.5)) for f in fractions[1:])
+    if fractions[1] > 0 and n >= PHOTOS_TO_VALIDATE:
+        val = max(val, 1)
+    if fractions[2] > 0 and n >= PHOTOS_TO_TEST:
+        test = max(test, 1)
+    val = min(val, n - 1)
+    return val, min(test, n - 1 - val)
+
+
+def _cv_fold_split(
+    labels: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int, cv_fold: tuple[int, int],
+) -> list[np.ndarray]:
+    """Fold ``i`` of a stratified grouped ``k``-fold split is the test set; validation is carved from the rest."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fold, n_folds = cv_fold
+    if not 0 <= fold < n_folds:
+        raise DataError(f"cross-validation fold {fold} is not in 0..{n_folds - 1}")
     everything = np.arange(len(labels))
-    if cv_fold is None:
-        rest, test = hold_out(everything, fractions[2], seed)
-    else:
-        fold, n_folds = cv_fold
-        if not 0 <= fold < n_folds:
-            raise ValueError(f"cross-validation fold {fold} is not in 0..{n_folds - 1}")
-        splits = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
-            everything, labels, groups)
-        rest, test = list(splits)[fold]
-    train, validation = hold_out(rest, fractions[1] / (fractions[0] + fractions[1]), seed + 1)
-    return [np.sort(train), np.sort(validation), np.sort(test)]
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(everything, labels, groups)
+    rest, test = list(folds)[fold]
+    shares = np.array([fractions[0], fractions[1], 0.0]) / (fractions[0] + fractions[1])
+    train, val, _ = _fold_split(rest, labels, groups, shares, seed)
+    return [train, val, test]
+
+
+def _warn_about_small_classes(
+    splits: list[np.ndarray], labels: np.ndarray, photos: dict[int, int], fractions: np.ndarray, names: list[str],
+) -> None:
+    """Name the classes that train but are never validated or tested for want of photos; say so if test is empty."""
+    present = [set(labels[s].tolist()) for s in splits]
+    notes = []
+    for c, n in photos.items():
+        never = [verb for held, fraction, verb in zip(present[1:], fractions[1:], ("validated", "tested"))
+                 if fraction > 0 and c not in held]
+        if n < PHOTOS_TO_TEST and never and c in present[0]:
+            notes.append(f"{names[c]} ({n} photo{'s' if n > 1 else ''}: never {' or '.join(never)})")
+    if notes:
+        logger.warning("%d classes have too few photos to be validated and tested (a class needs %d, one for each "
+                       "split); they train, but: %s. Add photos to these classes.", len(notes), PHOTOS_TO_TEST,
+                       ", ".join(notes))
+    if fractions[2] > 0 and not len(splits[2]):
+        logger.warning("no test split: no class has the %d photos it takes to be tested, so the run has no test "
+                       "score. Add photos.", PHOTOS_TO_TEST)

@@ -16,7 +16,6 @@ times: once per fold, or once for the teacher and once for the student.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from transformers import TrainingArguments
 
+from hf_model.atomic import write_json_atomic
 from hf_model.config import TrainConfig
 from hf_model.predict import class_probabilities, load_for_inference
 
@@ -40,7 +40,11 @@ RunFn = Callable[[TrainConfig, TrainingArguments, str, "tuple[int, int] | None"]
 # ---------------------------------------------------------------- cross-validation
 
 def cross_validate(run: RunFn, cfg: TrainConfig, args: TrainingArguments, command: str) -> dict:
-    """``cfg.cv_folds`` runs, fold ``i`` in ``output_dir/fold-i``; returns the metrics' mean ± std over folds."""
+    """``cfg.cv_folds`` runs, fold ``i`` in ``output_dir/fold-i``; returns the metrics' mean ± std over folds.
+
+    Each fold is a run of its own: rerunning an interrupted cross-validation resumes its unfinished
+    fold and reports the finished ones without training them again.
+    """
     root = Path(args.output_dir)
     per_fold = []
     for fold in range(cfg.cv_folds):
@@ -49,7 +53,7 @@ def cross_validate(run: RunFn, cfg: TrainConfig, args: TrainingArguments, comman
         per_fold.append(run(dataclasses.replace(cfg, cv_folds=0), fold_args, command, (fold, cfg.cv_folds)))
     summary = summarize_folds(per_fold)
     root.mkdir(parents=True, exist_ok=True)
-    (root / CV_RESULTS_JSON).write_text(json.dumps({"command": command, "folds": cfg.cv_folds, **summary}, indent=2))
+    write_json_atomic(root / CV_RESULTS_JSON, {"command": command, "folds": cfg.cv_folds, **summary})
     acc, f1 = summary["accuracy"], summary["f1_macro"]
     print(f"{cfg.cv_folds}-fold cross-validation over {summary['photos']} photos: accuracy {acc['mean']:.3f} ± "
           f"{acc['std']:.3f}, macro-F1 {f1['mean']:.3f} ± {f1['std']:.3f} (results in {root / CV_RESULTS_JSON})",

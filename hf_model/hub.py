@@ -35,6 +35,7 @@ from hf_model.adapters import adapter_for
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
 from hf_model.images import list_images
 from hf_model.reports import write_run_card
+from hf_model.run_folder import require_finished
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS
 
 logger = logging.getLogger(__name__)
@@ -208,11 +209,13 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
 
     Checks that the weights are safetensors, the config names the real classes and the image
     processor loads; keeps the model card and its plots (writing a minimal card when the folder
-    has none), its usage snippet pointed at ``repo_id`` instead of the local folder.
+    has none), its usage snippet pointed at ``repo_id`` instead of the local folder. Refuses a
+    folder whose run record says its training did not finish (``run_folder.RunFolderError``).
     """
     from transformers import AutoConfig, AutoImageProcessor
 
     source, out = Path(model_dir), Path(out_dir)
+    require_finished(source)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source} has no config.json: give the folder train.py wrote (its --output_dir)")
     if not any(source.glob("*.safetensors")):

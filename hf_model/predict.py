@@ -1,7 +1,8 @@
 """Batch prediction: label many photos with a trained model folder or a Hub id.
 
 ``hf-model predict runs/bedrooms photos/ --output predictions.csv`` writes one row per photo
-with its top labels; unreadable files get an error row instead of stopping the run.
+with its top labels; unreadable files and files that are not images get a row saying why, in place,
+instead of stopping the run. It exits non-zero when no photo at all could be labeled.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from hf_model.atomic import atomic_write
 from hf_model.backbones import load_image_processor
-from hf_model.images import list_images
+from hf_model.flags import whole_number
+from hf_model.images import list_images, skipped_files
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
 
 
@@ -29,7 +35,7 @@ def load_for_inference(source: str, device: str | torch.device | None = None):
     """
     from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(source)
+    model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True)  # never a pickle
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
     return model, build_eval_transform(load_image_processor(source, model.config))
@@ -65,32 +71,66 @@ def class_probabilities(model: torch.nn.Module, transform: Callable[[Image.Image
     return view_probabilities(model, transform, photos, tta=tta, batch_size=batch_size).mean(axis=0)
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
-    """Files as given, plus every image under each folder, in a stable order."""
-    out = []
+def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
+    """Each file to label, in order, with the reason it is skipped (``None``: to be labeled).
+
+    Files named on the command line come in the order given and are always tried, whatever their suffix
+    (Pillow decides from the content). A folder adds its files in sorted path order: images
+    (:func:`hf_model.images.list_images`) to label, other visible files with why they are skipped.
+    A file reached twice (a folder and a file in it) is kept once, where it first appears.
+    Raises ``FileNotFoundError`` naming every path that does not exist.
+    """
+    missing = [path for path in paths if not Path(path).exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist")
+    entries: dict[Path, tuple[Path, str | None]] = {}
     for path in map(Path, paths):
-        if path.is_dir():
-            out += list_images(path)
-        elif path.exists():
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"{path} does not exist")
-    return out
+        found = [(path, None)] if not path.is_dir() else sorted(
+            [(image, None) for image in list_images(path)] + skipped_files(path), key=lambda entry: entry[0])
+        for file, reason in found:
+            entries.setdefault(file.resolve(), (file, reason))
+    return list(entries.values())
+
+
+def read_photo(path: Path) -> Image.Image:
+    """A file decoded in full as upright 8-bit RGB (:func:`hf_model.transforms.to_rgb`).
+
+    Raises Pillow's errors: ``UnidentifiedImageError``, ``OSError`` (damaged or cut short) and
+    ``DecompressionBombError``, also for images between one and two times Pillow's pixel limit, which
+    Pillow would only warn about and decode.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            return to_rgb(image)
+
+
+def unreadable_reason(err: Exception) -> str:
+    """What was wrong with a file :func:`read_photo` failed on, in one phrase for the CSV's error column."""
+    if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"not a readable image: too many pixels, refused as a possible decompression bomb ({err})"
+    if isinstance(err, UnidentifiedImageError):
+        return "not a readable image: empty, or not in any image format Pillow knows"
+    if isinstance(err, OSError):
+        return f"not a readable image: damaged or cut short ({err})"
+    return f"not a readable image ({type(err).__name__}: {err})"
 
 
 def predict_files(model, transform, files: list[Path], top_k: int = 1, batch_size: int = 16) -> Iterator[dict]:
-    """Yield ``{"file", "predictions"}`` (top-k ``{"label", "score"}``, best first) or ``{"file", "error"}``."""
+    """Yield ``{"file", "predictions"}`` (top-k ``{"label", "score"}``, best first) or ``{"file", "error"}``.
+
+    One row per file, in the order given; a file that cannot be read gets its :func:`unreadable_reason`.
+    """
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     for start in range(0, len(files), batch_size):
         rows: list[dict] = []
         images = []
         for path in files[start:start + batch_size]:
             try:
-                with Image.open(path) as image:
-                    images.append(to_rgb(image))
+                images.append(read_photo(path))
                 rows.append({"file": str(path)})
             except Exception as err:  # a bad file is reported, the rest still get labels
-                rows.append({"file": str(path), "error": f"not a readable image ({type(err).__name__}: {err})"})
+                rows.append({"file": str(path), "error": unreadable_reason(err)})
         probs = iter(class_probabilities(model, transform, images, batch_size=batch_size) if images else [])
         for row in rows:  # in the order given, errors included
             if "error" not in row:
@@ -100,29 +140,69 @@ def predict_files(model, transform, files: list[Path], top_k: int = 1, batch_siz
             yield row
 
 
+def label_entries(model, transform, entries: list[tuple[Path, str | None]], top_k: int,
+                  batch_size: int) -> Iterator[dict]:
+    """:func:`predict_files` over the entries to label; skipped ones get ``{"file", "error": "skipped: ..."}``."""
+    labeled = predict_files(model, transform, [path for path, reason in entries if reason is None], top_k, batch_size)
+    for path, reason in entries:
+        yield next(labeled) if reason is None else {"file": str(path), "error": f"skipped: {reason}", "skipped": True}
+
+
+def write_rows(out: IO[str], rows: Iterator[dict]) -> Counter:
+    """The prediction CSV (file, label, score, top_k, error); returns counts of labeled, unreadable, skipped."""
+    writer = csv.writer(out)
+    writer.writerow(["file", "label", "score", "top_k", "error"])
+    counts = Counter(labeled=0, unreadable=0, skipped=0)
+    for row in rows:
+        if "error" in row:
+            counts["skipped" if row.get("skipped") else "unreadable"] += 1
+            writer.writerow([row["file"], "", "", "", row["error"]])
+            continue
+        counts["labeled"] += 1
+        best = row["predictions"][0]
+        top = "; ".join(f"{p['label']}={p['score']:.3f}" for p in row["predictions"])
+        writer.writerow([row["file"], best["label"], f"{best['score']:.4f}", top, ""])
+    return counts
+
+
+def load_or_explain(source: str):
+    """:func:`load_for_inference`, or exit with one line saying why ``source`` is not a model."""
+    try:
+        return load_for_inference(source)
+    except (OSError, ValueError) as err:
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = ("is a folder, but not a model folder (train.py --output_dir)" if Path(source).is_dir()
+                else "is neither a model folder nor a Hub id that could be loaded")
+        raise SystemExit(f"hf-model predict: {source} {what}: {cause}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hf-model predict", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="trained model folder (train.py --output_dir) or Hub id")
     parser.add_argument("paths", nargs="+", help="photos or folders of photos")
-    parser.add_argument("--top_k", type=int, default=1)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--top_k", type=whole_number(1), default=1,
+                        help="labels listed per photo (at most the model's number of classes)")
+    parser.add_argument("--batch_size", type=whole_number(1), default=16)
     parser.add_argument("--output", help="write a CSV here instead of printing")
     args = parser.parse_args(argv)
+    try:
+        entries = expand_paths(args.paths)
+    except FileNotFoundError as err:
+        parser.error(f"{err}: check the paths of the photos or folders")
 
-    model, transform = load_for_inference(args.model)
-    files = expand_paths(args.paths)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    writer = csv.writer(out)
-    writer.writerow(["file", "label", "score", "top_k", "error"])
-    failures = 0
-    for row in predict_files(model, transform, files, args.top_k, args.batch_size):
-        if "error" in row:
-            failures += 1
-            writer.writerow([row["file"], "", "", "", row["error"]])
-            continue
-        best = row["predictions"][0]
-        top = "; ".join(f"{p['label']}={p['score']:.3f}" for p in row["predictions"])
-        writer.writerow([row["file"], best["label"], f"{best['score']:.4f}", top, ""])
+    model, transform = load_or_explain(args.model)
+    top_k = min(args.top_k, model.config.num_labels)
+    if top_k < args.top_k:
+        print(f"note: --top_k {args.top_k} is more than the model's {top_k} classes; listing all {top_k}",
+              file=sys.stderr)
+    rows = label_entries(model, transform, entries, top_k, args.batch_size)
     if args.output:
-        out.close()
-        print(f"wrote {len(files)} predictions to {args.output} ({failures} unreadable)", file=sys.stderr)
+        with atomic_write(args.output, newline="") as out:  # a killed run leaves no half CSV under the real name
+            counts = write_rows(out, rows)
+    else:
+        counts = write_rows(sys.stdout, rows)
+    where = f" to {args.output}" if args.output else ""
+    print(f"wrote {len(entries)} rows{where}: {counts['labeled']} labeled, {counts['unreadable']} unreadable, "
+          f"{counts['skipped']} skipped (reasons in the error column)", file=sys.stderr)
+    if not counts["labeled"]:
+        sys.exit(f"hf-model predict: no photo could be labeled in {' '.join(args.paths)}")

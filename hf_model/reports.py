@@ -25,8 +25,10 @@ from matplotlib.ticker import MaxNLocator
 from scipy.stats import binomtest
 from transformers import TrainerCallback
 
+from hf_model.atomic import atomic_write, write_json_atomic
 from hf_model.backbones import base_model_id
 from hf_model.config import TOP_K, RunRecord
+from hf_model.transforms import to_rgb
 
 LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
@@ -56,32 +58,40 @@ LOG_HISTORY_JSON = "log_history.json"
 
 def write_reports(output_dir: str | Path, record: RunRecord, metrics: dict, probs: np.ndarray, test,
                   seconds: float, model_id: str | None = None) -> str:
-    """Write the test plots, the run record and the model card into ``output_dir``; return the summary line.
+    """Write the test plots, the model card and, last, the run record marked finished; return the summary line.
 
     ``metrics`` are the ``test_*`` metrics (with ``test_confusion_matrix``), ``probs`` the test
-    photos' class probabilities (photos, classes), ``test`` the test split (image, label).
+    photos' class probabilities (photos, classes), ``test`` the test split (image, label). Every
+    file is replaced whole, and the record says ``finished`` only once all the others are written.
     """
     output_dir = Path(output_dir)
     label_names = test.features["label"].names
-    plot_confusion_matrix(metrics["test_confusion_matrix"], label_names, output_dir / CONFUSION_MATRIX_PNG)
-    truth = np.asarray(test["label"])
-    plot_top_losses(list(test["image"]), [label_names[i] for i in truth], [label_names[i] for i in probs.argmax(1)],
-                    probs.max(axis=1), output_dir / TOP_LOSSES_PNG,
-                    losses=-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)))
-    record.save(output_dir)
+    if len(test):  # a folder too small for a test split gets no test plots
+        plot_confusion_matrix(metrics["test_confusion_matrix"], label_names, output_dir / CONFUSION_MATRIX_PNG)
+        truth = np.asarray(test["label"])
+        plot_top_losses(list(test["image"]), [label_names[i] for i in truth],
+                        [label_names[i] for i in probs.argmax(1)], probs.max(axis=1), output_dir / TOP_LOSSES_PNG,
+                        losses=-np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)))
     write_run_card(output_dir, record, metrics, label_names, model_id)
+    dataclasses.replace(record, finished=True).save(output_dir)
     return summary_line(metrics, seconds, output_dir)
 
 
 def summary_line(metrics: dict, seconds: float, output_dir: str | Path) -> str:
     """``Done in 3m25s: test accuracy 0.872, macro-F1 0.863, roc-auc 0.853 on 39 test photos. Model saved to ...``"""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"Done in {minutes}m{secs:02d}s: {metrics_line(metrics)}. Model saved to {output_dir}"
+
+
+def metrics_line(metrics: dict) -> str:
+    """``test accuracy 0.872, macro-F1 0.863, roc-auc 0.853 on 39 test photos`` from the ``test_*`` metrics."""
+    if "test_accuracy" not in metrics:
+        return "not tested (too few photos for a test split)"
     parts = [f"test accuracy {metrics['test_accuracy']:.3f}", f"macro-F1 {metrics['test_f1_macro']:.3f}"]
     for key in ("test_roc_auc", f"test_top{TOP_K}_accuracy"):
         if key in metrics:
             parts.append(f"{key.removeprefix('test_').replace('_', '-')} {metrics[key]:.3f}")
-    minutes, secs = divmod(int(seconds), 60)
-    return (f"Done in {minutes}m{secs:02d}s: " + ", ".join(parts)
-            + f" on {metrics['test_samples']} test photos. Model saved to {output_dir}")
+    return ", ".join(parts) + f" on {metrics['test_samples']} test photos"
 
 
 class LearningCurvesCallback(TrainerCallback):
@@ -104,7 +114,7 @@ class LearningCurvesCallback(TrainerCallback):
         self.history += [dict(entry, epoch=entry.get("epoch", 0) + offset, stage=stage) for entry in state.log_history]
         if state.is_world_process_zero:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / LOG_HISTORY_JSON).write_text(json.dumps(self.history, indent=1))
+            write_json_atomic(self.output_dir / LOG_HISTORY_JSON, self.history, indent=1)
             plot_learning_curves(self.history, self.output_dir / LEARNING_CURVES_PNG,
                                  stage_boundaries=self.boundaries or None)
 
@@ -239,7 +249,7 @@ def draw_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: S
         return fig
     fig.suptitle(f"Worst {len(worst)} test mistakes: true / predicted / p(predicted)")
     for ax, i in zip(np.atleast_1d(fig.subplots(rows, columns)).ravel(), worst, strict=False):
-        image = images[i].convert("RGB")
+        image = to_rgb(images[i])  # upright, 16-bit scaled: what the model saw
         image.thumbnail((320, 320))  # keeps the figure small when photos are large
         ax.imshow(np.asarray(image))
         title = f"true: {_short(true_labels[i])}\npred: {_short(pred_labels[i])}\np = {pred_probs[i]:.2f}"
@@ -343,7 +353,9 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
         intended_use=_intended_use(dataset, label_names),
         limits=_limits(metrics, split_sizes, label_source, len(label_names), limitations),
     )
-    card.save(output_dir / "README.md")
+    text = str(card)
+    with atomic_write(output_dir / "README.md", newline="", encoding="utf-8") as f:  # as ModelCard.save writes it
+        f.write(text)
     return card
 
 
@@ -473,7 +485,8 @@ def _figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_write(path, "wb") as f:  # a kill mid-save leaves the previous plot, not half a PNG
+        fig.savefig(f, dpi=DPI, format=path.suffix.lstrip(".") or "png")
     fig.clear()  # a pyplot-free Figure is freed once unreferenced; clear() drops its artists now
     return path
 

@@ -28,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hf_model.adapters import adapter_for
+from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
 from hf_model.predict import class_probabilities
 from hf_model.transforms import build_eval_transform, normalization, to_rgb
@@ -131,9 +132,8 @@ class Calibration:
     report: dict = field(default_factory=dict)  # how often the thresholds reject what (calibration.py)
 
     def save(self, model_dir: str | Path) -> Path:
-        path = Path(model_dir) / CALIBRATION_FILE
-        path.write_text(json.dumps(asdict(self), indent=1))
-        return path
+        """Write ``calibration.json`` into ``model_dir`` atomically: a killed run leaves the old file or none."""
+        return write_json_atomic(Path(model_dir) / CALIBRATION_FILE, asdict(self), indent=1)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> Calibration | None:
@@ -153,7 +153,7 @@ class DomainGate:
         from transformers import AutoModelForImageClassification
 
         source = resolve_backbone(backbone)
-        self.model = _for_inference(AutoModelForImageClassification.from_pretrained(source))
+        self.model = _for_inference(AutoModelForImageClassification.from_pretrained(source, use_safetensors=True))
         self.processor = load_image_processor(source, self.model.config)
         self.transform = build_eval_transform(self.processor)
 
@@ -189,7 +189,7 @@ class Classifier:
         from transformers import AutoModelForImageClassification
 
         model_dir = Path(source) if Path(source).is_dir() else _download(source)
-        model = AutoModelForImageClassification.from_pretrained(model_dir)
+        model = AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True)  # never a pickle
         calibration = Calibration.load(model_dir)
         if calibration is None:
             logger.warning(

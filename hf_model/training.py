@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,36 +28,56 @@ from torch import nn
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
 from hf_model.adapters import adapter_for
-from hf_model.backbones import default_cache_dir, default_image_size, load_image_processor, load_model, resolve_backbone
+from hf_model.backbones import (
+    check_image_size,
+    default_cache_dir,
+    default_image_size,
+    load_image_processor,
+    load_model,
+    resolve_backbone,
+    weights_version,
+)
 from hf_model.config import RunRecord, TrainConfig, parse_args
-from hf_model.data import load_data, training_photos
+from hf_model.data import DataError, load_data, training_photos
 from hf_model.experiments import cross_validate, teach
 from hf_model.features import HeadModel, cache_key, extract_features, features_dataset
 from hf_model.freezing import set_trainable
 from hf_model.hub import publish_trained_model, repo_to_push
 from hf_model.metrics import build_compute_metrics, split_metrics
 from hf_model.predict import view_probabilities
-from hf_model.reports import LearningCurvesCallback, write_reports
-from hf_model.run_folder import resume_or_start_over
+from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
+from hf_model.run_folder import STAGING_DIR, RunFolderError, move_into, plan_run, save_results
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """``python train.py`` / ``hf-model train``: one run, or one per fold with ``--cv_folds``."""
+    """``python train.py`` / ``hf-model train``: one run, or one per fold with ``--cv_folds``.
+
+    An output folder holding another run, or photos and labels that cannot be trained on, stop with a
+    message and exit status 1, not a traceback.
+    """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     cfg, args = parse_args(argv)
     program = "hf-model train" if Path(sys.argv[0]).name == "hf-model" else "python train.py"
     command = " ".join([program, *(sys.argv[1:] if argv is None else argv)])
-    if cfg.cv_folds:
-        return cross_validate(train, cfg, args, command)
-    return train(cfg, args, command)
+    try:
+        if cfg.cv_folds:
+            return cross_validate(train, cfg, args, command)
+        return train(cfg, args, command)
+    except (RunFolderError, DataError, FileNotFoundError) as err:  # the user's folder or photos: no traceback
+        sys.exit(f"error: {err}")
 
 
 def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
           cv_fold: tuple[int, int] | None = None) -> dict:
-    """One run: returns the test metrics and writes the model folder to ``args.output_dir``."""
+    """One run: returns the test metrics and writes the model folder to ``args.output_dir``.
+
+    The run record goes into the folder (unfinished) before training, and again (finished) at the end.
+    A folder already holding this run, finished, is reported, not trained again (``--no_resume`` retrains).
+    Raises :class:`~hf_model.run_folder.RunFolderError` when the folder holds another run.
+    """
     started = time.time()
     push_to = repo_to_push(args)
     args = dataclasses.replace(args, push_to_hub=False)  # one upload at the end, not one per checkpoint
@@ -65,20 +86,30 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     label_names = data["train"].features["label"].names
     logger.info("labels from %s; classes %s; %s", data.label_source, _short(label_names),
                 ", ".join(f"{name} {len(split)}" for name, split in data.items()))
+    record = RunRecord(cfg, args, command, cv_fold, cfg.image_size or default_image_size(cfg.backbone),
+                       data.label_source, _split_sizes(data), list(label_names), finished=False)
+    plan = plan_run(args, cfg.resume, record)
+    if plan.finished is not None:
+        return report_finished(args, plan.finished, push_to)
+    if args.should_save:
+        record.save(args.output_dir)  # before training: a rerun compares with it, and a killed run says unfinished
     if cfg.pseudo_label_threshold > 0:
         data["pseudo_labeled"] = teach(train, cfg, args, data, command, cv_fold)
         set_seed(args.seed)  # the student starts from the same seed as a run without a teacher
 
-    trainer, eval_transform = fine_tune(cfg, args, data)
+    trainer, eval_transform = fine_tune(cfg, args, data, plan.resume_from)
 
     views = view_probabilities(trainer.model, eval_transform, data["test"]["image"], tta=cfg.tta,
                                batch_size=args.per_device_eval_batch_size)
-    metrics = split_metrics(views, data["test"]["label"], label_names)
+    if len(data["test"]):
+        metrics = split_metrics(views, data["test"]["label"], label_names)
+    else:  # too few photos for a test split (data.py warned): the model is saved, untested
+        logger.warning("no test photos: the model is trained and saved but not tested")
+        metrics = {"test_samples": 0}
     trainer.log_metrics("test", {k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
-    trainer.save_metrics("test", metrics)
     if trainer.is_world_process_zero():
-        record = RunRecord(cfg, args, command, cv_fold, cfg.image_size or default_image_size(cfg.backbone),
-                           data.label_source, {name: len(split) for name, split in data.items()})
+        save_results(args.output_dir, "test", metrics)
+        record = dataclasses.replace(record, split_sizes=_split_sizes(data))  # with the pseudo-labeled photos
         summary = write_reports(args.output_dir, record, metrics, views.mean(axis=0), data["test"],
                                 time.time() - started, model_id=push_to)
         print(summary, flush=True)
@@ -87,11 +118,22 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     return metrics
 
 
-def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> tuple[Trainer, Callable]:
+def report_finished(args: TrainingArguments, metrics: dict, push_to: str | None) -> dict:
+    """A rerun of a finished run: print its test results (and upload it when asked), return its test metrics."""
+    if args.should_save:
+        print(f"{args.output_dir} already holds this run, finished: {metrics_line(metrics)}. Nothing to train; "
+              "pass --no_resume to train it again.", flush=True)
+        if push_to:
+            publish_trained_model(args.output_dir, push_to, args)
+    return metrics
+
+
+def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict,
+              resume_from: str | None = None) -> tuple[Trainer, Callable]:
     """Stage 1 (optional) then stage 2 on ``data``; returns the trainer holding the saved model, and the eval transform.
 
     Early stopping and best-checkpoint restore in every stage; a stage 2 that does not beat stage 1
-    on validation is rolled back. An interrupted run in the same ``output_dir`` resumes.
+    on validation is rolled back. ``resume_from`` (a checkpoint of this run) continues stage 2 from it.
     """
     label_names = data["train"].features["label"].names
     train_split = training_photos(data, cfg.oversample, args.seed)
@@ -101,9 +143,8 @@ def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> t
     args = dataclasses.replace(args, label_smoothing_factor=0.0)  # smoothed in our loss, not the Trainer's smoother
     curves = LearningCurvesCallback(args.output_dir)
 
-    resuming = resume_or_start_over(args, cfg.resume)
     stage1 = None
-    if cfg.stages == 2 and not resuming:  # a stage-2 checkpoint already holds the trained head
+    if cfg.stages == 2 and not resume_from:  # a stage-2 checkpoint already holds the trained head
         best = train_head(cfg, args, setup, train_split, data["validation"], loss, curves)
         stage1 = (best, copy.deepcopy(model.state_dict()))
     counts = set_trainable(model, cfg.unfreeze_top_blocks, keep_batchnorm_frozen=cfg.freeze_batchnorm)
@@ -117,16 +158,31 @@ def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> t
         processing_class=setup.processor if adapter_for(model).saves_processor else None,  # saved beside the model
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), curves],
     )
-    result = trainer.train(resume_from_checkpoint=resuming)
+    result = trainer.train(resume_from_checkpoint=resume_from)
     if stage1 and not improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
         # e.g. a few photos per class: fine-tuning the blocks overfits; the frozen backbone's head generalizes better
         logger.info("stage 2's best validation %s (%s) does not beat stage 1's (%s): keeping the stage 1 model",
                     args.metric_for_best_model, trainer.state.best_metric, stage1[0])
         model.load_state_dict(stage1[1])
-    trainer.save_model()
+    save_final_model(trainer)
     trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
+    if trainer.is_world_process_zero():
+        save_results(args.output_dir, "train", result.metrics)
     return trainer, setup.eval_transform
+
+
+def save_final_model(trainer: Trainer) -> None:
+    """``trainer.save_model()`` into a hidden folder, then each file renamed into ``output_dir``.
+
+    A kill while saving leaves the previous files or the new ones, never half a weights file.
+    """
+    output_dir = Path(trainer.args.output_dir)
+    staging = output_dir / STAGING_DIR
+    if trainer.args.should_save and staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while saving
+    trainer.save_model(str(staging))
+    if trainer.args.should_save:
+        move_into(staging, output_dir)
 
 
 @dataclass
@@ -141,16 +197,25 @@ class ModelSetup:
 
 
 def setup_model(cfg: TrainConfig, label_names: list[str]) -> ModelSetup:
-    """The pretrained ``cfg.backbone`` (registry name, folder or Hub id) with a new head for ``label_names``."""
+    """The pretrained ``cfg.backbone`` (registry name, model folder or Hub id) with a head for ``label_names``.
+
+    Photos are ``--image_size``, else the size the backbone was made for; a model folder's (a run of ours or
+    any saved model) is read from the folder (:func:`~hf_model.backbones.default_image_size`). An
+    ``--image_size`` the model cannot take (a ViT's fixed position embeddings) raises ``ValueError`` here,
+    before any training. The head is :func:`~hf_model.backbones.load_model`'s: a folder trained on the same
+    classes keeps its trained head, other classes get a fresh one.
+    """
     source = resolve_backbone(cfg.backbone, cfg.cache_dir)
     image_size = cfg.image_size or default_image_size(cfg.backbone)
     model = load_model(source, label_names, image_size).to(memory_format=torch.channels_last)
+    if cfg.image_size:
+        check_image_size(model, cfg.image_size, cfg.backbone)
     processor = load_image_processor(source, model.config, image_size)
     train_transform = build_train_transform(
-        processor, image_size or _processor_size(processor), zoom=cfg.zoom, rotation=cfg.rotation,
+        processor, image_size, zoom=cfg.zoom, rotation=cfg.rotation,
         shift=cfg.shift, shear=cfg.shear, hflip=cfg.hflip, brightness=cfg.brightness)
     return ModelSetup(model, processor, train_transform, build_eval_transform(processor),
-                      cache_key(source, image_size, cfg.augmentation_key()))
+                      cache_key(weights_version(source), image_size, cfg.augmentation_key()))
 
 
 def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, train_split: Dataset,
@@ -240,9 +305,8 @@ def improves(value: float | None, reference: float | None, greater_is_better: bo
     return value > reference if greater_is_better else value < reference
 
 
-def _processor_size(processor) -> int:
-    size = processor.size
-    return size.get("shortest_edge") or size["height"]
+def _split_sizes(data: DatasetDict) -> dict[str, int]:
+    return {name: len(split) for name, split in data.items()}
 
 
 def _short(names: list[str], limit: int = 6) -> str:

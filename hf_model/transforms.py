@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
@@ -16,13 +17,38 @@ from torchvision.transforms import v2 as T
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Upright RGB whatever the file held: EXIF rotation applied; RGBA, P, L, CMYK converted."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    """Upright RGB whatever the file held: EXIF rotation applied; 16-bit, 32-bit and float grey scaled to 8 bits;
+    RGBA, LA, P, L, CMYK converted, transparent areas on white."""
+    image = to_eight_bit(ImageOps.exif_transpose(image))
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))  # transparent -> white, not black
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return image.convert("RGB")
+
+
+# The ranges grey levels of more than 8 bits usually span: floats in [0, 1], 8-bit and 16-bit levels.
+_USUAL_RANGES = (1.0, 255.0, 65535.0)
+
+
+def to_eight_bit(image: Image.Image) -> Image.Image:
+    """Grey of more than 8 bits (modes ``I;16*``, ``I``, ``F``) as an 8-bit ``L`` image; other modes unchanged.
+
+    Pillow's own ``convert`` clips such levels at 255, which turns a 16-bit photo into a white square.
+    ``I;16*`` is divided by 257 (65535 -> 255). ``I`` and ``F`` are scaled from the smallest usual range
+    that holds every value (0..1, 0..255, 0..65535), or else stretched from their own minimum..maximum.
+    """
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        return image
+    levels = np.asarray(image, dtype=np.float64)
+    low, high = float(levels.min(initial=0.0)), float(levels.max(initial=0.0))
+    if image.mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    elif low >= 0 and high <= _USUAL_RANGES[-1]:
+        low, high = 0.0, next(top for top in _USUAL_RANGES if high <= top)
+    scaled = (levels - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def normalization(processor) -> tuple[list[float], list[float], InterpolationMode]:

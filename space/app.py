@@ -39,7 +39,12 @@ MAX_FILE_SIZE = "20mb"  # a phone photo is 3-15 MB; larger uploads are refused b
 # the cores with several threads each spin-wait on one another (measured 25x slower on 2 cores).
 TORCH_THREADS = 1
 CONCURRENT_PREDICTIONS = available_cpus()
-QUEUE_MAX_SIZE = 32  # waiting requests beyond this get "queue full" at once instead of a long wait
+# Waiting requests beyond this get "queue full" at once instead of a long wait; 50 users at once are
+# queued, not refused (benchmarks/bench_space_load.py).
+QUEUE_MAX_SIZE = 64
+# Uploads and heat maps live only in gradio's temporary folder (GRADIO_TEMP_DIR, else <tmp>/gradio); every
+# 15 minutes those older than an hour are deleted, and all of them when the server stops.
+DELETE_CACHE = (15 * 60, 60 * 60)  # (how often, age) in seconds, as gr.Blocks(delete_cache=...) takes them
 
 
 @dataclass
@@ -112,7 +117,8 @@ def uploaded_file(photo) -> str | io.BytesIO:
 
 def build_demo(models: dict[str, TaskModel], examples_dir: str | Path | None = None) -> gr.Blocks:
     """The Blocks app, queued; ``models`` maps each task key to its loaded model."""
-    with gr.Blocks(title="What's in the photo? Bedroom style and bird species") as demo:
+    title = "What's in the photo? Bedroom style and bird species"
+    with gr.Blocks(title=title, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             "# What's in the photo?\n"
             "Two image classifiers fine-tuned with the Hugging Face stack. Each says how sure it is, says so "

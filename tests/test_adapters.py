@@ -198,6 +198,18 @@ def test_reloaded_processor_is_sized_for_training_and_normalizes_as_it_says(tiny
     torch.testing.assert_close(grey.mean(dim=(1, 2)), expected, atol=1e-3, rtol=0)
 
 
+def test_image_size_is_the_side_of_the_photos_the_processor_feeds_the_model(tiny, tmp_path):
+    from transformers import AutoConfig
+
+    model, processor = tiny
+    adapter = adapter_for(model)
+    adapter.set_image_size(model, 48)
+    folder = save(model, processor, tmp_path)
+    reloaded = adapter.load_processor(folder, AutoConfig.from_pretrained(folder), 48)
+    fed = reloaded(photo(), return_tensors="pt")["pixel_values"]
+    assert adapter.image_size(reloaded) == fed.shape[-1] == fed.shape[-2] == 48
+
+
 def test_adapter_is_found_from_a_model_its_config_or_its_model_type(tiny, model_type):
     model, _ = tiny
     assert adapter_for(model) is adapter_for(model.config) is adapter_for(model_type) is ADAPTERS[model_type]

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -60,6 +61,17 @@ def test_hf_native_model_gets_fresh_head_and_resized_processor(tiny_convnext):
     processor = load_image_processor(tiny_convnext, model.config, image_size=40)
     pixels = processor(Image.new("RGB", (90, 60)), return_tensors="pt")["pixel_values"]
     assert pixels.shape[-2:] == torch.Size([40, 40])
+
+
+def test_a_processor_that_already_feeds_the_training_size_keeps_its_resize_and_crop(tiny_convnext, tmp_path):
+    from transformers import EfficientNetImageProcessor
+
+    shutil.copytree(tiny_convnext, tmp_path / "model", ignore=shutil.ignore_patterns("preprocessor_config.json"))
+    EfficientNetImageProcessor(size={"height": 40, "width": 40}, do_center_crop=True,
+                               crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "model")
+    processor = load_image_processor(str(tmp_path / "model"), image_size=32)
+    assert processor.size == {"height": 40, "width": 40}  # still resized larger, then cropped: the same photos
+    assert processor(Image.new("RGB", (90, 60)), return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
 
 
 def test_converting_a_backbone_leaves_the_seeded_random_state_alone(tmp_path):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
+import pytest
 from conftest import make_photo
 from datasets import ClassLabel, Dataset, Features, Image
+from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
 
-from hf_model.calibration import calibrate
+from hf_model.calibration import calibrate, out_of_domain_photos, photo_probabilities
+from hf_model.calibration import main as calibration_main
 from hf_model.config import load_run_config
-from hf_model.serving import Calibration
+from hf_model.serving import Calibration, UnreadablePhotoError
 from hf_model.training import main
 
 FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--image_size", "32", "--stages", "1",
@@ -41,3 +47,64 @@ def test_a_model_trained_on_a_dataset_is_calibrated_on_its_own_splits(tiny_convn
     calibration = Calibration.load(out)
     assert calibration is not None and len(calibration.profile) == 1000
     assert np.isclose(sum(calibration.profile), 1.0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- bad photos and bad flags (issue 12)
+
+
+@pytest.mark.parametrize("kind", sorted(PHOTO_KINDS))
+def test_an_out_of_domain_folder_keeps_readable_photos_and_names_each_bad_file_in_a_warning(tmp_path, caplog, kind):
+    good = make_photo(tmp_path / "other" / "0_good.jpg", (20, 200, 20))
+    odd = PHOTO_KINDS[kind](tmp_path / "other")
+    with caplog.at_level(logging.WARNING, logger="hf_model.calibration"):
+        photos = out_of_domain_photos([tmp_path / "other"])
+    if kind in READABLE_KINDS:
+        assert photos == [good, odd] and not caplog.records
+    else:
+        assert photos == [good]
+        assert len(caplog.records) == 1
+        assert caplog.records[0].getMessage().startswith(f"skipping {odd}: This ")
+
+
+def test_files_that_are_not_photos_in_an_out_of_domain_folder_are_named_in_a_warning(tmp_path, caplog):
+    good = make_photo(tmp_path / "other" / "a.jfif", (20, 200, 20))
+    (tmp_path / "other" / "notes.txt").write_text("not a photo")
+    (tmp_path / "other" / ".DS_Store").write_bytes(b"\x00")
+    with caplog.at_level(logging.WARNING, logger="hf_model.calibration"):
+        assert out_of_domain_photos([tmp_path / "other"]) == [good]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping {tmp_path / 'other' / 'notes.txt'}: '.txt' is not an image type Pillow opens"]
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE_KINDS))
+def test_an_unreadable_training_photo_stops_calibration_naming_the_file(tmp_path, kind):
+    bad = PHOTO_KINDS[kind](tmp_path)
+    with pytest.raises(UnreadablePhotoError, match=f"^{re.escape(str(bad))}: This .*Fix or remove it"):
+        photo_probabilities(lambda images: np.zeros((len(images), 2)), [str(bad)], 8)
+
+
+def test_photo_probabilities_reads_sixteen_bit_photos_like_their_eight_bit_copy(tmp_path):
+    means = photo_probabilities(lambda images: np.array([[np.asarray(i).mean()] for i in images]),
+                                [sixteen_bit_png(tmp_path), eight_bit_copy(tmp_path)], 1)
+    assert means[0, 0] == pytest.approx(means[1, 0], abs=1) and means[0, 0] < 200  # not a white square
+
+
+@pytest.mark.parametrize(("flag", "value", "expected"), [
+    ("--max_in_domain_rejection", "1", "must be a number at least 0 and less than 1"),
+    ("--max_in_domain_rejection", "-0.1", "must be a number at least 0 and less than 1"),
+    ("--max_in_domain_rejection", "nan", "must be a number at least 0 and less than 1"),
+    ("--unsure_below", "1.5", "must be a number from 0 to 1"),
+    ("--unsure_below", "high", "must be a number from 0 to 1"),
+    ("--limit", "0", "must be a whole number of at least 1"),
+    ("--batch_size", "-4", "must be a whole number of at least 1"),
+])
+def test_numeric_flags_out_of_range_stop_at_parse_time(tmp_path, capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as stop:
+        calibration_main([str(tmp_path / "run"), str(tmp_path / "other"), flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}: {expected}, got '{value}'" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_not_a_trained_run_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^hf-model calibrate: .*hf_model_config.json does not exist"):
+        calibration_main([str(tmp_path / "nope"), str(tmp_path)])

@@ -30,12 +30,40 @@ def test_preset_sets_defaults_and_flags_win():
     (["--rotation", "-5"], "--rotation"),
     (["--shift", "2"], "--shift"),
     (["--head_epochs", "0"], "--head_epochs"),
+    (["--shear", "nan"], "--shear"),
+    (["--head_learning_rate", "inf"], "--head_learning_rate"),
+    (["--split_fractions", "nan", "0.5", "0.5"], "--split_fractions"),
+    # TrainingArguments that transformers lets through, each of which would fail deep in training or train nothing
+    (["--learning_rate", "0"], "--learning_rate"),
+    (["--learning_rate", "-0.001"], "--learning_rate"),
+    (["--learning_rate", "nan"], "--learning_rate"),
+    (["--num_train_epochs", "0"], "--num_train_epochs"),
+    (["--num_train_epochs", "inf"], "--num_train_epochs"),
+    (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size"),
+    (["--per_device_eval_batch_size", "0"], "--per_device_eval_batch_size"),
+    (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
+    (["--warmup_steps", "2.5"], "--warmup_steps"),
+    (["--warmup_steps", "-1"], "warmup_steps"),  # transformers' own check
+    (["--label_smoothing_factor", "1"], "--label_smoothing_factor"),
+    (["--label_smoothing_factor", "-0.1"], "--label_smoothing_factor"),
+    (["--weight_decay", "-0.01"], "--weight_decay"),
+    (["--seed", "-1"], "--seed"),
+    (["--dataloader_num_workers", "-1"], "--dataloader_num_workers"),
+    (["--remove_unused_columns", "true"], "--remove_unused_columns"),  # would drop the image column
 ])
 def test_a_bad_option_is_a_usage_error_naming_the_flag(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--data_dir", "x", "--output_dir", "o", *flags])
     assert exit_info.value.code == 2  # argparse's usage error, not a traceback
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [
+    ["--num_train_epochs", "0", "--max_steps", "5"],  # max_steps decides the length
+    ["--warmup_steps", "0.1"], ["--warmup_steps", "20"], ["--label_smoothing_factor", "0.1"], ["--weight_decay", "0"],
+])
+def test_usable_training_numbers_pass(flags):
+    parse_args(["--data_dir", "x", "--output_dir", "o", *flags])
 
 
 def test_the_dataclass_itself_refuses_bad_values():
@@ -70,11 +98,19 @@ def test_run_record_round_trips_into_the_same_config(tmp_path):
     assert "hf_secret" not in (tmp_path / "hf_model_config.json").read_text()  # no token on disk
 
 
+def test_run_record_keeps_the_class_names_and_whether_the_run_finished(tmp_path):
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path)])
+    RunRecord(cfg, args, label_names=["bedroom", "kitchen"], finished=False).save(tmp_path / "new")
+    record = load_run_config(tmp_path / "new")
+    assert record.label_names == ["bedroom", "kitchen"] and record.finished is False
+
+
 def test_an_older_record_loads_with_its_seed(tmp_path):
     (tmp_path / "hf_model_config.json").write_text(json.dumps(
         {"config": {"data_dir": "photos", "split_fractions": [0.5, 0.25, 0.25], "cv_fold": [1, 3]}, "seed": 3}))
     record = load_run_config(tmp_path)
     assert record.config.data_dir == "photos" and record.training_args.seed == 3 and record.cv_fold == (1, 3)
+    assert record.finished is True and record.label_names == []  # older records were written at the end of a run
 
 
 def test_a_folder_without_a_record_says_so(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from conftest import SHARED_DATA, make_bedroom_folder, make_photo
 from datasets import ClassLabel, Dataset, Features, Image, Value
 
+from hf_model.config import DEFAULT_SPLIT_FRACTIONS
 from hf_model.data import (
     BadImageError,
     build_dataset,
@@ -109,6 +110,75 @@ def test_split_works_when_classes_are_smaller_than_the_fold_count():
     assert len(set(labels[train])) == 50  # every species keeps training photos
 
 
+FRACTIONS = {"default": list(DEFAULT_SPLIT_FRACTIONS), "halves": [0.5, 0.25, 0.25]}
+
+
+@pytest.mark.parametrize("fractions", list(FRACTIONS), ids=str)
+@pytest.mark.parametrize("n_classes", range(2, 7))
+@pytest.mark.parametrize("per_class", range(1, 11))
+def test_small_classes_split_whenever_each_class_has_enough_photos(per_class, n_classes, fractions, caplog):
+    labels = np.repeat(np.arange(n_classes), per_class)
+    groups = np.arange(len(labels))
+    if per_class == 1:  # nothing left to validate on
+        with pytest.raises(ValueError, match=r"needs at least 3 photos.*too few: 0 \(1\), 1 \(1\)"):
+            stratified_group_split(labels, groups, FRACTIONS[fractions], seed=42)
+        return
+    train, val, test = stratified_group_split(labels, groups, FRACTIONS[fractions], seed=42)
+    assert set(labels[train]) == set(range(n_classes))  # every class trains
+    everything = np.concatenate([train, val, test])
+    assert sorted(everything.tolist()) == list(range(len(labels)))  # each photo in exactly one split
+    assert len(val) > 0
+    if per_class >= 3:
+        assert len(test) > 0
+    else:  # a class of 2 photos is never tested; a test split of other classes' photos, or none, said so
+        assert len(test) > 0 or "no test split" in caplog.text
+    again = stratified_group_split(labels, groups, FRACTIONS[fractions], seed=42)
+    assert all((x == y).all() for x, y in zip((train, val, test), again))
+
+
+def test_small_class_split_keeps_near_duplicates_together():
+    labels = np.repeat([0, 1], 6)  # the issue's 2 classes x 6 photos, as pairs of near-duplicates
+    groups = np.arange(12) // 2
+    train, val, test = stratified_group_split(labels, groups, DEFAULT_SPLIT_FRACTIONS, seed=0)
+    assert set(labels[train]) == {0, 1} and len(val) and len(test)
+    assert not set(groups[train]) & set(groups[val]) and not set(groups[train]) & set(groups[test])
+    assert not set(groups[val]) & set(groups[test])
+
+
+def test_class_with_one_photo_trains_and_is_named_as_never_tested(caplog):
+    labels = np.array([0] * 8 + [1] * 8 + [2] + [3, 3])
+    train, val, test = stratified_group_split(labels, np.arange(len(labels)), DEFAULT_SPLIT_FRACTIONS, seed=0,
+                                              class_names=["attic", "bedroom", "cellar", "den"])
+    assert 2 in labels[train] and 3 in labels[train]
+    assert 2 not in labels[val] and 2 not in labels[test] and 3 not in labels[test]
+    assert "cellar (1 photo: never validated or tested)" in caplog.text
+    assert "den (2 photos: never tested)" in caplog.text
+
+
+def test_classes_of_single_photos_say_how_many_photos_each_class_needs():
+    with pytest.raises(ValueError, match=r"each class needs at least 3 photos \(one for each of train, validation "
+                                         r"and test\).*too few: cat \(1\), dog \(1\)"):
+        stratified_group_split(np.array([0, 1]), np.arange(2), DEFAULT_SPLIT_FRACTIONS, seed=0,
+                               class_names=["cat", "dog"])
+
+
+@pytest.mark.parametrize("per_class", [3, 4, 6, 9])
+def test_cross_validation_folds_of_small_classes_train_on_every_class(per_class):
+    labels = np.repeat([0, 1, 2], per_class)
+    for fold in range(3):
+        train, val, test = stratified_group_split(labels, np.arange(len(labels)), DEFAULT_SPLIT_FRACTIONS, seed=0,
+                                                  cv_fold=(fold, 3))
+        assert set(labels[train]) == {0, 1, 2} and len(val) and len(test)
+        assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(len(labels)))
+
+
+def test_real_sized_split_is_unchanged_by_the_small_class_fallback():
+    # 154 Modern / 232 Old, as the real bedrooms: the seeded StratifiedGroupKFold split, sizes as before
+    labels = np.array([0] * 154 + [1] * 232)
+    train, val, test = stratified_group_split(labels, np.arange(386), DEFAULT_SPLIT_FRACTIONS, seed=42)
+    assert (len(train), len(val), len(test)) == (289, 58, 39)
+
+
 def test_bad_split_fractions_are_rejected():
     with pytest.raises(ValueError, match="summing to 1"):
         stratified_group_split(np.zeros(10), np.arange(10), [0.5, 0.5, 0.5], seed=0)
@@ -160,6 +230,18 @@ def test_hub_dataset_keeps_its_own_splits(tmp_path):
     assert {s: len(data[s]) for s in data} == {"train": 9, "validation": 3, "test": 3}
     names = data["test"].features["label"].names
     assert [names[i] for i in data["test"]["label"]] == ["jay", "crow", "finch"]
+
+
+@pytest.mark.parametrize("given", ["test", "validation"])
+def test_hub_dataset_keeps_its_held_out_split_and_carves_the_missing_one_from_train(tmp_path, given):
+    splits = {"train": list(COLOURS) * 4, given: ["jay", "crow", "finch"]}
+    data = build_dataset(dataset_name=str(write_hub_dataset(tmp_path / "hub", splits)), image_column="photo",
+                         label_column="species", split_fractions=[0.5, 0.25, 0.25], seed=0)
+    names = data[given].features["label"].names
+    assert [names[i] for i in data[given]["label"]] == ["jay", "crow", "finch"]  # kept as given, in its order
+    carved = "validation" if given == "test" else "test"
+    assert len(data["train"]) + len(data[carved]) == 12 and len(data[carved]) >= 3
+    assert set(data["train"]["label"]) == set(data[carved]["label"]) == {0, 1, 2}
 
 
 def test_hub_dataset_splits_share_one_class_numbering(tmp_path):

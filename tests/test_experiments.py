@@ -120,6 +120,31 @@ def test_cross_validation_runs_every_fold_into_its_own_folder_and_averages(tmp_p
     assert saved["folds"] == 3 and saved["f1_macro"]["mean"] == pytest.approx(0.375)
 
 
+def test_rerunning_an_interrupted_cross_validation_trains_only_its_unfinished_folds(image_folder, tiny_convnext,
+                                                                                   tmp_path, monkeypatch):
+    import hf_model.training as training
+
+    fine_tune, trained = training.fine_tune, []
+
+    def interrupted_in_fold_1(cfg, args, data, *resume_from):
+        trained.append(Path(args.output_dir).name)
+        if trained == ["fold-0", "fold-1"]:
+            raise KeyboardInterrupt  # Ctrl-C during the second fold of the first attempt
+        return fine_tune(cfg, args, data, *resume_from)
+
+    monkeypatch.setattr(training, "fine_tune", interrupted_in_fold_1)
+    out = tmp_path / "cv"
+    command = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cv_folds",
+               "2", "--cache_dir", str(tmp_path / "cache"), "--dataloader_pin_memory", "false", *FAST]
+    with pytest.raises(KeyboardInterrupt):
+        main(command)
+    fold0 = json.loads((out / "fold-0" / "test_results.json").read_text())
+    summary = main(command)
+    assert trained == ["fold-0", "fold-1", "fold-1"]  # fold 0 finished the first time: reported, not retrained
+    assert summary["photos"] == 24 and summary["accuracy"]["folds"][0] == fold0["test_accuracy"]
+    assert json.loads((out / "fold-1" / "hf_model_config.json").read_text())["finished"] is True
+
+
 def test_fold_summary_keeps_only_scalar_metrics():
     folds = [{"test_accuracy": 1.0, "test_samples": 2, "test_confusion_matrix": [[1, 0], [0, 1]]},
              {"test_accuracy": 0.0, "test_samples": 3, "test_confusion_matrix": [[0, 1], [2, 0]]}]

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_photo
+from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
+from PIL import Image
 
-from hf_model.predict import main
+from hf_model.predict import load_for_inference, main, predict_files, read_photo
 
 LABELS = ["cat", "dog", "owl"]
 # The model ignores the photo: logits are its bias (0, 1, 2), so every photo gets these probabilities.
@@ -88,7 +90,6 @@ def test_a_folder_is_expanded_recursively_in_sorted_order(model_dir, tmp_path):
     folder = tmp_path / "photos"
     for relative in ["b/2.png", "a/z.jpg", "a/deeper/1.JPEG", "0.webp", "c.jpg"]:
         make_photo(folder / relative, (120, 120, 120))
-    (folder / "notes.txt").write_text("not a photo")  # skipped: not an image file
     rows = predict(model_dir, tmp_path, str(folder))
     expected = ["0.webp", "a/deeper/1.JPEG", "a/z.jpg", "b/2.png", "c.jpg"]
     assert [Path(row["file"]).relative_to(folder).as_posix() for row in rows] == expected
@@ -103,7 +104,143 @@ def test_without_output_the_csv_is_printed(model_dir, tmp_path, capsys):
     assert rows[1][:2] == [str(photo), "owl"] and len(rows) == 2
 
 
-def test_a_missing_path_is_a_clear_error(model_dir, tmp_path):
+def test_a_missing_path_is_a_clear_error(model_dir, tmp_path, capsys):
     missing = tmp_path / "no_such_photo.jpg"
-    with pytest.raises((FileNotFoundError, SystemExit), match=re.escape(str(missing)) + ".*does not exist"):
+    with pytest.raises(SystemExit) as stop:
         main([str(model_dir), str(missing), "--output", str(tmp_path / "out.csv")])
+    assert stop.value.code == 2
+    assert re.search(re.escape(str(missing)) + ".*does not exist", capsys.readouterr().err)
+    assert not (tmp_path / "out.csv").exists()
+
+
+# ---------------------------------------------------------------- files that are not labeled (issue 12, failure 8)
+
+
+def test_every_file_in_a_folder_gets_a_row_in_sorted_order_with_skipped_ones_saying_why(model_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    make_photo(folder / "a.jpg", (90, 160, 90))
+    make_photo(folder / "b.jpg", (90, 160, 90)).rename(folder / "b.jfif")  # a JPEG under another JPEG suffix
+    (folder / "c.txt").write_text("notes")
+    make_photo(folder / "d.png", (90, 160, 90))
+    (folder / ".DS_Store").write_bytes(b"\x00")  # system files get no row
+    make_photo(folder / "__MACOSX" / "._a.jpg", (0, 0, 0))
+    rows = predict(model_dir, tmp_path, str(folder))
+    assert [Path(row["file"]).name for row in rows] == ["a.jpg", "b.jfif", "c.txt", "d.png"]
+    assert [row["label"] for row in rows] == ["owl", "owl", "", "owl"]
+    assert rows[2]["error"] == "skipped: '.txt' is not an image type Pillow opens"
+    assert "3 labeled, 0 unreadable, 1 skipped" in capsys.readouterr().err
+
+
+def test_a_file_named_on_the_command_line_is_tried_whatever_its_suffix(model_dir, tmp_path):
+    jpeg = make_photo(tmp_path / "photo.jpg", (90, 160, 90)).rename(tmp_path / "photo.download")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    rows = predict(model_dir, tmp_path, str(text), str(jpeg))
+    assert [row["file"] for row in rows] == [str(text), str(jpeg)]  # in the order given
+    assert rows[0]["label"] == "" and rows[0]["error"].startswith("not a readable image")
+    assert rows[1]["label"] == "owl" and rows[1]["error"] == ""
+
+
+def test_a_photo_reached_twice_is_labeled_once(model_dir, tmp_path):
+    folder = tmp_path / "photos"
+    photos = [make_photo(folder / f"{i}.jpg", (90, 160, 90), seed=i) for i in range(2)]
+    rows = predict(model_dir, tmp_path, str(folder), str(photos[1]), str(folder / ".." / "photos" / "0.jpg"))
+    assert [row["file"] for row in rows] == [str(p) for p in photos]
+
+
+# ---------------------------------------------------------------- flags checked when parsed (issue 12, failure 7)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--top_k", "0"), ("--top_k", "-1"), ("--top_k", "two"),
+                                             ("--batch_size", "0"), ("--batch_size", "1.5")])
+def test_numeric_flags_out_of_range_stop_at_parse_time_naming_the_flag(tmp_path, capsys, flag, value):
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    with pytest.raises(SystemExit) as stop:  # before any model is loaded: the model path does not even exist
+        main([str(tmp_path / "no_model"), str(photo), flag, value])
+    assert stop.value.code == 2
+    assert f"argument {flag}: must be a whole number of at least 1, got '{value}'" in capsys.readouterr().err
+
+
+def test_top_k_above_the_number_of_classes_lists_them_all_with_a_note(model_dir, tmp_path, capsys):
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    (row,) = predict(model_dir, tmp_path, str(photo), "--top_k", "10")
+    assert list(top_k(row)) == ["owl", "dog", "cat"]
+    assert "--top_k 10 is more than the model's 3 classes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["runs/nope", "empty_folder"])
+def test_a_path_that_is_not_a_model_is_one_line_not_a_traceback(tmp_path, where):
+    (tmp_path / "empty_folder").mkdir()
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    source = str(tmp_path / where)
+    with pytest.raises(SystemExit) as stop:
+        main([source, str(photo)])
+    message = str(stop.value.code)
+    assert message.startswith(f"hf-model predict: {source} is ") and "\n" not in message
+    assert ("neither a model folder nor a Hub id" if where == "runs/nope" else "not a model folder") in message
+
+
+# ---------------------------------------------------------------- every kind of bad input (issue 12, part 1)
+
+
+@pytest.mark.parametrize("kind", sorted(PHOTO_KINDS))
+def test_each_kind_of_photo_gets_a_label_or_an_error_row_naming_the_problem(model_dir, tmp_path, kind):
+    good = make_photo(tmp_path / "photos" / "0_good.jpg", (90, 160, 90))
+    odd = PHOTO_KINDS[kind](tmp_path / "photos")
+    rows = {row["file"]: row for row in predict(model_dir, tmp_path, str(tmp_path / "photos"))}  # exits 0
+    assert rows[str(good)]["label"] == "owl"
+    if kind in READABLE_KINDS:
+        assert rows[str(odd)]["label"] == "owl" and rows[str(odd)]["error"] == ""
+    else:
+        assert rows[str(odd)]["label"] == ""
+        assert re.match(r"not a readable image: (empty|damaged|too many pixels)", rows[str(odd)]["error"])
+
+
+def test_a_run_that_labels_nothing_exits_non_zero_with_the_reasons_in_the_csv(model_dir, tmp_path):
+    for kind in sorted(UNREADABLE_KINDS):
+        PHOTO_KINDS[kind](tmp_path / "photos")
+    output = tmp_path / "predictions.csv"
+    with pytest.raises(SystemExit, match="no photo could be labeled"):
+        main([str(model_dir), str(tmp_path / "photos"), "--output", str(output)])
+    with output.open(newline="") as f:
+        assert all(row["error"] for row in csv.DictReader(f))
+
+
+def test_photos_over_pillows_warning_limit_are_refused_not_decoded(model_dir, tmp_path, monkeypatch):
+    # lowered so that a 48 x 48 photo is between one and two times the limit: Pillow warns but would decode
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    (row,) = predict_files(*load_for_inference(str(model_dir)), [photo])
+    assert "decompression bomb" in row["error"] and "predictions" not in row
+
+
+def test_sixteen_bit_photo_gets_the_same_probabilities_as_its_eight_bit_copy(tiny_convnext, tmp_path):
+    model, transform = load_for_inference(tiny_convnext)  # random weights: the scores depend on the pixels
+    white = tmp_path / "white.png"
+    Image.new("RGB", (48, 48), (255, 255, 255)).save(white)
+    files = [sixteen_bit_png(tmp_path), eight_bit_copy(tmp_path), white]
+    wide, narrow, blank = (row["predictions"] for row in predict_files(model, transform, files, top_k=10))
+    assert {p["label"]: p["score"] for p in wide} == pytest.approx({p["label"]: p["score"] for p in narrow}, abs=2e-3)
+    assert {p["label"]: p["score"] for p in wide} != pytest.approx({p["label"]: p["score"] for p in blank}, abs=2e-3)
+
+
+# ---------------------------------------------------------------- interrupted runs (issue 12, part 2)
+
+
+def test_a_run_killed_while_writing_leaves_the_old_csv_and_no_half_one(model_dir, tmp_path, monkeypatch):
+    for i in range(3):
+        make_photo(tmp_path / "photos" / f"{i}.jpg", (90, 160, 90), seed=i)
+    output = tmp_path / "predictions.csv"
+    output.write_text("the previous run's rows\n")
+    calls = iter(range(10))
+
+    def killed_on_the_third(path):
+        if next(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C (or a kill's exception) does mid-run
+        return read_photo(path)
+
+    monkeypatch.setattr("hf_model.predict.read_photo", killed_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
+    assert output.read_text() == "the previous run's rows\n"
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
@@ -258,3 +260,65 @@ def test_a_fold_card_says_which_fold_it_is(tmp_path):
     table = reports.card_hyperparameters(RunRecord(cfg, args, cv_fold=(1, 5)))
     assert table["cross_validation_fold"] == "2 of 5" and table["learning_rate"] == args.learning_rate
     assert "cross_validation_fold" not in reports.card_hyperparameters(RunRecord(cfg, args))
+
+
+# ---------------------------------------------------------------- files written whole
+
+def _fail_halfway(self, target, **kwargs):
+    """``Figure.savefig`` on a full disk: some bytes reach the file, then it raises."""
+    if isinstance(target, str | Path):
+        Path(target).write_bytes(b"\x89PNG half")
+    else:
+        target.write(b"\x89PNG half")
+    raise OSError("No space left on device")
+
+
+def test_a_plot_that_fails_halfway_leaves_the_previous_plot(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    path = reports.plot_confusion_matrix([[3, 1], [0, 4]], ["cat", "dog"], tmp_path / reports.CONFUSION_MATRIX_PNG)
+    before = path.read_bytes()
+    monkeypatch.setattr(Figure, "savefig", _fail_halfway)
+    with pytest.raises(OSError, match="No space"):
+        reports.plot_confusion_matrix([[0, 4], [4, 0]], ["cat", "dog"], path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [reports.CONFUSION_MATRIX_PNG]  # no temporary file left
+
+
+def test_a_card_that_fails_halfway_leaves_the_previous_card(tmp_path, monkeypatch):
+    write_card(tmp_path)
+    before = (tmp_path / "README.md").read_text()
+
+    def broken(self):
+        raise MemoryError("rendering the card")
+
+    monkeypatch.setattr(ModelCard, "__str__", broken)
+    with pytest.raises(MemoryError):
+        write_card(tmp_path, model_id="someone/else")
+    assert (tmp_path / "README.md").read_text() == before
+
+
+def test_the_record_says_finished_only_once_plots_and_card_are_written(tmp_path, monkeypatch):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    from hf_model.config import RunRecord, load_run_config, parse_args
+
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path)])
+    record = RunRecord(cfg, args, label_names=["cat", "dog"], finished=False)
+    record.save(tmp_path)  # what training writes when it starts
+    test = Dataset.from_dict({"image": [Image.new("RGB", (8, 8), c) for c in ("red", "blue")], "label": [0, 1]},
+                             features=Features({"image": ImageFeature(), "label": ClassLabel(names=["cat", "dog"])}))
+    metrics = {**METRICS, "test_samples": 2, "test_confusion_matrix": [[1, 0], [1, 0]]}
+    probs = np.array([[0.9, 0.1], [0.8, 0.2]])
+
+    def no_card(*args, **kwargs):
+        raise OSError("killed while writing the card")
+
+    monkeypatch.setattr(reports, "write_run_card", no_card)
+    with pytest.raises(OSError):
+        reports.write_reports(tmp_path, record, metrics, probs, test, 1.0)
+    assert load_run_config(tmp_path).finished is False
+    monkeypatch.undo()
+    reports.write_reports(tmp_path, record, metrics, probs, test, 1.0)
+    assert load_run_config(tmp_path).finished is True and (tmp_path / "README.md").is_file()

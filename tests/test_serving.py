@@ -10,6 +10,17 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA
+from photo_kinds import (
+    PHOTO_KINDS,
+    READABLE_KINDS,
+    UNREADABLE_KINDS,
+    UPRIGHT_BOTTOM,
+    UPRIGHT_TOP,
+    decompression_bomb,
+    eight_bit_copy,
+    exif_rotated,
+    sixteen_bit_png,
+)
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -366,3 +377,60 @@ def test_calibrated_gate_turns_away_other_rooms_but_not_bedrooms(tmp_path, lite_
     rejected = {name: r["rejected"] for name, r in report["rejected"].items()}
     assert rejected["other_held_out"] >= 0.6, rejected
     assert rejected["test"] <= 0.15 and rejected["unlabeled"] <= 0.15, rejected
+
+
+# ---------------------------------------------------------------- every kind of upload (issue 12, part 1)
+
+
+@pytest.mark.parametrize("kind", sorted(READABLE_KINDS))
+def test_each_readable_kind_of_upload_becomes_upright_rgb_with_its_content(tmp_path, kind):
+    path = PHOTO_KINDS[kind](tmp_path)
+    image = open_photo(path)
+    assert image.mode == "RGB" and image.size == ((32, 48) if kind == "exif_rotated" else (48, 48))
+    assert np.asarray(image).std() > 5  # real content: not a white (or black) square
+
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE_KINDS))
+def test_each_unreadable_kind_of_upload_gets_a_sentence_saying_why(tmp_path, kind):
+    expected = {"decompression_bomb": "too big"}.get(kind, "not an image|damaged")
+    with pytest.raises(UnreadablePhotoError, match=expected) as refused:
+        open_photo(PHOTO_KINDS[kind](tmp_path))
+    message = str(refused.value)
+    assert message.startswith("This ") and message.endswith(".")
+
+
+def test_a_decompression_bomb_is_refused_and_pillows_limit_stays_on(tmp_path):
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(UnreadablePhotoError, match="too big"):
+        open_photo(decompression_bomb(tmp_path))
+    assert Image.MAX_IMAGE_PIXELS == limit and limit is not None
+
+
+def test_an_exif_rotated_upload_comes_out_upright(tmp_path):
+    image = open_photo(exif_rotated(tmp_path))
+    top, bottom = image.getpixel((16, 4)), image.getpixel((16, 44))
+    assert max(abs(a - b) for a, b in zip(top, UPRIGHT_TOP)) <= 30
+    assert max(abs(a - b) for a, b in zip(bottom, UPRIGHT_BOTTOM)) <= 30
+
+
+def test_a_sixteen_bit_upload_looks_like_its_eight_bit_copy(tmp_path):
+    wide = np.asarray(open_photo(sixteen_bit_png(tmp_path)), dtype=int)
+    assert np.abs(wide - np.asarray(open_photo(eight_bit_copy(tmp_path)), dtype=int)).max() <= 1
+
+
+def test_calibration_is_saved_atomically(tmp_path, monkeypatch):
+    Calibration("gate", [0.5, 0.5], 0.1).save(tmp_path)
+    before = (tmp_path / CALIBRATION_FILE).read_text()
+
+    def write_half_then_die(text: str, write) -> None:
+        write(text[: len(text) // 2])
+        raise KeyboardInterrupt  # the process is stopped mid-write
+
+    # whichever way the file is written, the writer dies halfway through
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: write_half_then_die(text, self.open("w").write))
+    monkeypatch.setattr(json, "dump", lambda data, f, **k: write_half_then_die(json.dumps(data, **k), f.write))
+    with pytest.raises(KeyboardInterrupt):
+        Calibration("gate", [0.2, 0.8], 0.3).save(tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / CALIBRATION_FILE).read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [CALIBRATION_FILE]

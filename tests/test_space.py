@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 from conftest import make_photo
+from gradio.route_utils import delete_files_created_by_app
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -82,11 +84,17 @@ def models(model_dirs) -> dict:
 
 
 @pytest.fixture(scope="module")
-def client(models, examples_dir):
+def demo(models, examples_dir):
+    """The app launched on loopback at a free port."""
     demo = app.build_demo(models, examples_dir)
-    _, url, _ = app.launch(demo, prevent_thread_lock=True, quiet=True, ssr_mode=False)
-    yield Client(url, verbose=False, download_files=str(examples_dir.parent / "downloads"))
+    app.launch(demo, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    yield demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(demo, examples_dir):
+    return Client(demo.local_url, verbose=False, download_files=str(examples_dir.parent / "downloads"))
 
 
 @pytest.fixture
@@ -168,11 +176,46 @@ def test_unreadable_upload_gets_a_clear_error(client, tmp_path, make, message):
         client.predict(handle_file(path), api_name="/predict_bedroom")
 
 
-def test_upload_over_the_size_limit_is_refused(client, tmp_path):
+@pytest.fixture
+def too_big_upload(tmp_path) -> Path:
     path = tmp_path / "big.jpg"
     path.write_bytes(b"\xff\xd8" + bytes(21 * 1024 * 1024))  # 21 MB, over MAX_FILE_SIZE
-    with pytest.raises(Exception, match="(?i)exceeds the maximum file size|too large"):
-        client.predict(handle_file(path), api_name="/predict_bedroom")
+    return path
+
+
+def test_upload_over_the_size_limit_is_refused(client, too_big_upload):
+    with pytest.raises(ValueError, match=f"exceeds the maximum file size of {20 * 1024 * 1024} bytes"):
+        client.predict(handle_file(too_big_upload), api_name="/predict_bedroom")
+
+
+def test_upload_over_the_size_limit_is_refused_by_the_server_itself(demo, too_big_upload):
+    """A caller that skips gradio_client's own check (curl, a browser script) gets HTTP 413 and nothing is kept."""
+    before = set(demo.upload_file_set)
+    with too_big_upload.open("rb") as upload:
+        response = httpx.post(f"{demo.local_url}gradio_api/upload", files={"files": upload}, timeout=60)
+    assert response.status_code == 413
+    assert f"exceeded maximum allowed size of {20 * 1024 * 1024} bytes" in response.text
+    assert demo.upload_file_set == before
+
+
+def test_cached_uploads_are_deleted_within_the_hour(demo):
+    every, age = demo.delete_cache
+    assert (every, age) == app.DELETE_CACHE and every <= age <= 3600
+
+
+def test_uploads_are_kept_only_in_gradios_temporary_folder_which_the_sweep_empties(demo, client, tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    before = set(demo.upload_file_set)
+    client.predict(handle_file(path), False, api_name="/predict_bedroom")
+    (upload,) = demo.upload_file_set - before
+    assert Path(upload).is_relative_to(gradio_temp_folder()) and Path(upload).read_bytes() == path.read_bytes()
+    delete_files_created_by_app(demo, age=0)  # what delete_cache runs every DELETE_CACHE[0] seconds
+    assert not Path(upload).exists()
+
+
+def gradio_temp_folder() -> Path:
+    return Path(gr.utils.get_upload_folder()).resolve()
 
 
 def test_out_of_domain_photo_is_answered_with_not_a_bedroom(model_dirs, photo):

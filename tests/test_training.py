@@ -105,15 +105,64 @@ def test_cross_validation_tests_every_photo_once(image_folder, tiny_convnext, tm
     assert len(saved["f1_red"]["folds"]) == 3 and 0 <= saved["f1_blue"]["mean"] <= 1
 
 
-def test_rerun_resumes_from_the_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
+def test_rerun_of_an_unfinished_run_resumes_from_its_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
     out = tmp_path / "run"
-    args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), *FAST]
-    main([*args, "--cache_dir", str(tmp_path / "cache")])
-    checkpoints = sorted(out.glob("checkpoint-*"))
-    assert checkpoints
+    args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache"), *FAST]
+    main(args)
+    last = max(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    record = json.loads((out / "hf_model_config.json").read_text())
+    (out / "hf_model_config.json").write_text(json.dumps({**record, "finished": False}))  # killed while testing
     caplog.set_level("INFO", logger="hf_model")
-    main([*args, "--num_train_epochs", "3", "--cache_dir", str(tmp_path / "cache")])
-    assert f"resuming from {checkpoints[-1]}" in caplog.text
+    main(args)
+    assert f"resuming from {last}" in caplog.text
+    assert json.loads((out / "hf_model_config.json").read_text())["finished"] is True
+
+
+def test_rerunning_a_finished_run_reports_it_without_training(image_folder, tiny_convnext, tmp_path, capsys,
+                                                              monkeypatch):
+    import hf_model.hub as hub
+    import hf_model.training as training
+
+    out = tmp_path / "run"
+    args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
+            "--cache_dir", str(tmp_path / "cache"), "--stages", "1", *FAST]
+    first = main(args)
+    weights = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(training, "fine_tune", lambda *a, **kw: pytest.fail("a finished run was trained again"))
+    capsys.readouterr()
+    assert main(args) == first
+    printed = capsys.readouterr().out
+    assert f"{out} already holds this run, finished: test accuracy" in printed and "--no_resume" in printed
+    assert (out / "model.safetensors").read_bytes() == weights  # stage 1's rollback, if any, is kept
+
+    uploads = []  # the same command with --push_to_hub (say, after a failed upload) uploads the finished model
+    monkeypatch.setattr(hub, "resolve_token", lambda token=None: "hf_test")
+    monkeypatch.setattr(hub, "publish_model", lambda folder, repo_id, **kw: uploads.append((str(folder), repo_id))
+                        or hub.Published(folder, f"https://huggingface.co/{repo_id}/commit/1"))
+    main([*args, "--push_to_hub", "--hub_model_id", "someone/colours"])
+    assert uploads == [(str(out), "someone/colours")]
+
+
+@pytest.mark.parametrize("classes", [["green", "yellow"], ["green", "white", "yellow"]])
+def test_reusing_a_folder_for_other_photos_stops_before_training(image_folder, tiny_convnext, tmp_path, classes):
+    out = tmp_path / "run"
+    common = ["--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+              "--stages", "1", *FAST]
+    main(["--data_dir", str(image_folder), *common])
+    weights = (out / "model.safetensors").read_bytes()
+    other = tmp_path / "other"
+    for name, colour in zip(classes, [(30, 200, 30), (250, 250, 250), (230, 230, 30)]):
+        for i in range(8):
+            make_photo(other / name / f"{i}.jpg", colour, seed=i)
+    with pytest.raises(SystemExit) as stopped:
+        main(["--data_dir", str(other), *common])
+    message = str(stopped.value.code)  # a message, so the exit status is 1, and no traceback
+    assert f"holds a finished run on {image_folder} with classes blue, red" in message
+    assert f"this run is on {other} with classes {', '.join(classes)}" in message
+    assert "Pass --no_resume to start over" in message and "another --output_dir" in message
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "blue", "1": "red"}
 
 
 def test_fresh_run_in_a_used_folder_drops_old_results(image_folder, tiny_convnext, tmp_path):
@@ -273,3 +322,28 @@ def test_label_smoothing_is_applied_by_our_loss_in_both_stages(image_folder, tin
     assert load_run_config(out).training_args.label_smoothing_factor == 0.1  # the record keeps the user's value
     smoothed = cross_entropy_loss(None, 0.1)({"logits": torch.tensor([[10.0, -10.0]])}, torch.tensor([0]))
     assert smoothed.item() > 0.5  # a sure right answer still costs something under smoothing
+
+
+def test_a_folder_too_small_for_a_test_split_trains_and_says_it_is_untested(tiny_convnext, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    for name, colour in [("red", (220, 30, 30)), ("blue", (30, 30, 220))]:
+        for i in range(2):  # one photo for train, one for validation, none left to test
+            make_photo(photos / name / f"{i}.jpg", colour, seed=i)
+    out = tmp_path / "run"
+    metrics = main(["--data_dir", str(photos), "--backbone", tiny_convnext, "--output_dir", str(out),
+                    "--cache_dir", str(tmp_path / "cache"), *FAST])
+    assert metrics == {"test_samples": 0}
+    assert "not tested (too few photos for a test split)" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "blue", "1": "red"}
+    assert load_run_config(out).finished and not (out / "confusion_matrix.png").exists()
+    assert "No test results were recorded" in (out / "README.md").read_text()
+
+
+def test_photos_that_cannot_be_trained_on_stop_with_one_line_not_a_traceback(tmp_path):
+    make_photo(tmp_path / "photos" / "stray.jpg", (200, 0, 0))
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data_dir", str(tmp_path / "photos"),
+                             "--output_dir", str(tmp_path / "run")], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "stray.jpg" in result.stderr

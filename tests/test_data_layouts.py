@@ -1,0 +1,324 @@
+"""The training entry point's data: which folder layouts it accepts, and what each kind of bad input does.
+
+Everything goes through :func:`hf_model.data.build_dataset`, as ``hf-model train --data_dir`` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_bedroom_folder, make_photo
+from datasets import Image
+from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, UPRIGHT_BOTTOM, UPRIGHT_TOP, eight_bit_copy
+from PIL import Image as PILImage
+
+from hf_model.data import BadImageError, build_dataset, scan_images
+
+HALVES = [0.5, 0.25, 0.25]
+COLOURS = {"bathroom": (30, 200, 30), "bedroom": (220, 30, 30), "kitchen": (30, 30, 220)}
+
+
+@pytest.fixture(autouse=True)
+def info_logs(caplog):
+    caplog.set_level(logging.INFO, logger="hf_model.data")
+    return caplog
+
+
+def make_class_folders(root: Path, per_class: int = 6, classes=("bedroom", "kitchen"), subfolder=lambda i: "",
+                       seed: int = 0) -> Path:
+    """``root/<class>/<subfolder(i)>/<i>.jpg``; every photo its own noise (``seed`` apart), so none are
+    near-duplicates."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            make_photo(root / name / subfolder(i) / f"{i}.jpg", COLOURS[name], seed=seed + 100 * c + i)
+    return root
+
+
+def class_counts(data) -> dict[str, int]:
+    """Photos per class name over the train, validation and test splits."""
+    names = data["train"].features["label"].names
+    return dict(Counter(names[label] for split in ("train", "validation", "test") for label in data[split]["label"]))
+
+
+def file_names(split) -> list[str]:
+    return sorted(Path(item["path"]).name for item in split.cast_column("image", Image(decode=False))["image"])
+
+
+def file_paths(split) -> set[Path]:
+    return {Path(item["path"]).resolve() for item in split.cast_column("image", Image(decode=False))["image"]}
+
+
+# ---- class folders: the class is the top-level folder ----
+
+def test_nested_folders_are_photos_of_their_top_level_class(tmp_path):
+    root = tmp_path / "photos"
+    for name, years in [("bedroom", ("2022", "2023")), ("kitchen", ("2022", "2024"))]:
+        make_class_folders(root, 6, (name,), subfolder=lambda i, years=years: years[i % 2])
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"].names == ["bedroom", "kitchen"]
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    for split in ("train", "validation", "test"):  # every photo keeps its top-level folder's class
+        names = data[split].features["label"].names
+        for item, label in zip(data[split].cast_column("image", Image(decode=False))["image"], data[split]["label"]):
+            assert Path(item["path"]).parts[-3] == names[label]
+
+
+def test_classes_and_photo_counts_are_logged_before_training(tmp_path, info_logs):
+    make_class_folders(tmp_path / "photos", 6, ("bedroom", "kitchen", "bathroom"))
+    (tmp_path / "photos" / "kitchen" / "7.jpg").write_bytes((tmp_path / "photos" / "kitchen" / "0.jpg").read_bytes())
+    build_dataset(str(tmp_path / "photos"), split_fractions=HALVES, seed=0)
+    assert "3 classes, 19 photos: bathroom 6, bedroom 6, kitchen 7" in info_logs.text
+
+
+def test_many_classes_are_logged_as_one_summary_line(tmp_path, info_logs):
+    root = tmp_path / "photos"
+    for c in range(30):
+        for i in range(3 + (c == 0)):
+            make_photo(root / f"class_{c:02d}" / f"{i}.jpg", (8 * c, 255 - 8 * c, 128), size=32, seed=10 * c + i)
+    build_dataset(str(root), split_fractions=HALVES, seed=0)
+    [line] = [r.getMessage() for r in info_logs.records if "30 classes" in r.getMessage()]
+    assert "91 photos" in line and "3 to 4 photos a class" in line and len(line) < 400
+
+
+def test_non_image_files_are_left_out_and_counted_in_the_log(tmp_path, info_logs):
+    root = make_class_folders(tmp_path / "photos")
+    (root / "bedroom" / "notes.txt").write_text("the blue one is a guest room")
+    (root / "kitchen" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "README").write_text("my photos")
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert "3 files are not images and are left out" in info_logs.text
+    assert "bedroom/notes.txt ('.txt' is not an image type Pillow opens)" in info_logs.text
+
+
+def test_hidden_and_system_files_are_ignored(tmp_path):
+    root = make_class_folders(tmp_path / "photos")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "bedroom" / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS resource fork
+    (root / "__MACOSX" / "bedroom").mkdir(parents=True)
+    (root / "__MACOSX" / "bedroom" / "._1.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "kitchen" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"].names == ["bedroom", "kitchen"]
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+
+
+def test_photos_beside_class_folders_stop_with_the_layouts_accepted(tmp_path):
+    root = make_class_folders(tmp_path / "photos")
+    make_photo(root / "stray.jpg", (0, 0, 0))
+    with pytest.raises(ValueError, match=r"photos: 1 photo \(stray\.jpg\) sits directly in the folder.*"
+                                         r"Layouts accepted: .*<class>/"):
+        build_dataset(str(root))
+
+
+def test_folder_without_class_folders_stops_with_the_layouts_accepted(tmp_path):
+    for i in range(6):
+        make_photo(tmp_path / "photos" / f"room_{i}.jpg", (50, 50, 50), seed=i)
+    with pytest.raises(ValueError, match=r"6 photos .*sit directly in .*Layouts accepted: .*train/, validation/"):
+        build_dataset(str(tmp_path / "photos"))
+
+
+def test_a_single_class_folder_stops_saying_two_are_needed(tmp_path):
+    root = make_class_folders(tmp_path / "photos", classes=("bedroom",))
+    with pytest.raises(ValueError, match=r"1 class folder \(bedroom\).*at least two"):
+        build_dataset(str(root))
+
+
+@pytest.mark.parametrize("leftover", [None, "notes.txt", ".DS_Store"])
+def test_empty_class_folder_stops_naming_it(tmp_path, leftover):
+    root = make_class_folders(tmp_path / "photos")
+    (root / "attic").mkdir()
+    if leftover:
+        (root / "attic" / leftover).write_text("")
+    with pytest.raises(ValueError, match=r"class folder 'attic' .*no photos.*add photos .*or remove the folder"):
+        build_dataset(str(root))
+
+
+# ---- folders split in advance ----
+
+@pytest.mark.parametrize("validation_name", ["validation", "valid", "val"])
+def test_presplit_folders_keep_their_splits(tmp_path, validation_name):
+    root = tmp_path / "photos"
+    make_class_folders(root / "train", 4, subfolder=lambda i: "2022" if i % 2 else "")
+    make_class_folders(root / validation_name, 2, seed=1000)
+    make_class_folders(root / "test", 3, seed=2000)
+    data = build_dataset(str(root), seed=0)
+    assert {s: len(data[s]) for s in ("train", "validation", "test")} == {"train": 8, "validation": 4, "test": 6}
+    for split, folder in [("train", "train"), ("validation", validation_name), ("test", "test")]:
+        assert {p.relative_to(root.resolve()).parts[0] for p in file_paths(data[split])} == {folder}
+    assert data["test"].features["label"].names == ["bedroom", "kitchen"]
+
+
+def test_presplit_train_and_test_keep_the_test_and_carve_validation_from_train(tmp_path):
+    root = tmp_path / "photos"
+    make_class_folders(root / "train", 3)  # too small for a 15 % stratified share
+    make_class_folders(root / "test", 2, seed=2000)
+    data = build_dataset(str(root), seed=0)
+    train_files = {p.resolve() for p in (root / "train").rglob("*.jpg")}
+    assert file_paths(data["test"]) == {p.resolve() for p in (root / "test").rglob("*.jpg")}
+    assert file_paths(data["train"]) | file_paths(data["validation"]) == train_files
+    assert not file_paths(data["train"]) & file_paths(data["validation"])
+    assert set(data["train"]["label"]) == {0, 1} and len(data["validation"]) >= 1
+
+
+def test_presplit_train_and_validation_keep_the_validation_and_carve_test_from_train(tmp_path):
+    root = tmp_path / "photos"
+    make_class_folders(root / "train", 8)
+    make_class_folders(root / "validation", 2, seed=1000)
+    data = build_dataset(str(root), seed=0)
+    assert file_paths(data["validation"]) == {p.resolve() for p in (root / "validation").rglob("*.jpg")}
+    train_files = {p.resolve() for p in (root / "train").rglob("*.jpg")}
+    assert file_paths(data["train"]) | file_paths(data["test"]) == train_files
+    assert set(data["test"]["label"]) == {0, 1}
+
+
+def test_split_folders_mixed_with_class_folders_stop(tmp_path):
+    root = make_class_folders(tmp_path / "photos", 3, ("bedroom", "kitchen"))
+    make_class_folders(root / "train", 3)
+    with pytest.raises(ValueError, match=r"split folders \(train\) beside other folders \(bedroom, kitchen\)"):
+        build_dataset(str(root))
+
+
+def test_a_class_missing_from_the_train_folder_stops(tmp_path):
+    root = tmp_path / "photos"
+    make_class_folders(root / "train", 4, ("bedroom", "kitchen"))
+    make_class_folders(root / "test", 2, ("bedroom", "kitchen", "bathroom"), seed=2000)
+    with pytest.raises(ValueError, match=r"bathroom.*not in .*train"):
+        build_dataset(str(root))
+
+
+# ---- bedroom labels: labels.txt and labels.csv ----
+
+def test_labels_txt_with_more_labels_than_photos_stops_with_both_counts(tmp_path):
+    root = make_bedroom_folder(tmp_path, 6)
+    (root / "labels.txt").write_text("MOMOMOMO")
+    with pytest.raises(ValueError, match=r"labels.txt has 8 labels but .* only 6 bed_N.jpg photos.*labels.csv"):
+        build_dataset(str(root))
+
+
+def test_labels_txt_with_fewer_labels_than_photos_says_how_many_stay_unlabeled(tmp_path, info_logs):
+    root = make_bedroom_folder(tmp_path, 12)
+    (root / "labels.txt").write_text("MOMOMOMO")
+    data = build_dataset(str(root), split_fractions=HALVES)
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 8 and len(data["unlabeled"]) == 4
+    assert "8 labels for 12 bed_N.jpg photos" in info_logs.text and "other 4 stay unlabeled" in info_logs.text
+
+
+def test_labels_txt_may_hold_one_label_a_line(tmp_path):
+    root = make_bedroom_folder(tmp_path, 8)
+    (root / "labels.txt").write_text("M\nO\nm\no\nM\nO\nM\nO\n")
+    data = build_dataset(str(root), split_fractions=HALVES)
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 8
+
+
+def test_unknown_label_letter_names_the_file_the_position_and_the_letter(tmp_path):
+    root = make_bedroom_folder(tmp_path, 8)
+    (root / "labels.txt").write_text("MOMO\nMXMO\n")
+    with pytest.raises(ValueError, match=r"labels.txt:2: label 6 is 'X'; .*M or O"):
+        build_dataset(str(root))
+
+
+def test_labels_csv_naming_missing_files_skips_them_naming_lines_and_count(tmp_path, info_logs):
+    root = make_bedroom_folder(tmp_path, 12)
+    rows = [f"bed_{i}.jpg,{'M' if i % 2 else 'O'}" for i in range(1, 13)]
+    rows[3:3] = ["bed_99.jpg,M"]
+    (root / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    data = build_dataset(str(root), split_fractions=HALVES)
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 12
+    assert "1 of 13 labeled files are not in" in info_logs.text and "labels.csv:5 bed_99.jpg" in info_logs.text
+
+
+# ---- the birds layout: birds.csv ----
+
+def write_birds(root: Path, species: dict[str, int], missing: dict[str, int] | None = None) -> Path:
+    """``birds.csv`` (class id, filepaths, labels, data set) and ``images/<SPECIES>/<i>.jpg``; ``missing`` rows
+    name files that are not there."""
+    rows = []
+    for s, (name, count) in enumerate(species.items()):
+        for i in range(count + (missing or {}).get(name, 0)):
+            path = f"images/{name}/{i}.jpg"
+            if i < count:
+                make_photo(root / path, (40 * s, 200 - 40 * s, 90), seed=50 * s + i)
+            rows.append({"class id": s, "filepaths": path, "labels": name, "data set": "train"})
+    with (root / "birds.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_birds_csv_naming_missing_files_skips_them_naming_lines_and_count(tmp_path, info_logs):
+    root = write_birds(tmp_path / "birds", {"CROW": 4, "JAY": 4}, missing={"JAY": 2})
+    data = build_dataset(str(root), split_fractions=HALVES)
+    assert class_counts(data) == {"CROW": 4, "JAY": 4}
+    assert "2 of 10 labeled files are not in" in info_logs.text and "birds.csv:10 images/JAY/4.jpg" in info_logs.text
+
+
+def test_birds_csv_class_whose_files_are_all_missing_stops_naming_it(tmp_path):
+    root = write_birds(tmp_path / "birds", {"CROW": 4, "JAY": 4, "OWL": 0}, missing={"OWL": 3})
+    with pytest.raises(ValueError, match=r"no photos of class OWL"):
+        build_dataset(str(root), split_fractions=HALVES)
+
+
+# ---- photos of every kind ----
+
+@pytest.mark.parametrize("kind", sorted(UNREADABLE_KINDS))
+def test_unreadable_photo_stops_naming_it_unless_skipped(tmp_path, kind, info_logs):
+    root = make_class_folders(tmp_path / "photos")
+    bad = PHOTO_KINDS[kind](root / "bedroom")
+    limit = PILImage.MAX_IMAGE_PIXELS
+    with pytest.raises(BadImageError, match=rf"{bad.name}: not a readable image .*--skip_bad_images"):
+        build_dataset(str(root), split_fractions=HALVES)
+    assert PILImage.MAX_IMAGE_PIXELS == limit  # Pillow's decompression-bomb limit stays on
+    data = build_dataset(str(root), split_fractions=HALVES, skip_bad_images=True)
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert f"skipping {bad}" in info_logs.text
+
+
+def test_decompression_bomb_is_reported_as_one(tmp_path):
+    root = make_class_folders(tmp_path / "photos")
+    PHOTO_KINDS["decompression_bomb"](root / "kitchen")
+    with pytest.raises(BadImageError, match=r"decompression_bomb.png: not a readable image \(DecompressionBombError"):
+        build_dataset(str(root), split_fractions=HALVES)
+
+
+@pytest.mark.parametrize("kind", sorted(READABLE_KINDS))
+def test_readable_photo_kinds_load_as_rgb(tmp_path, kind):
+    root = make_class_folders(tmp_path / "photos")
+    odd = PHOTO_KINDS[kind](root / "bedroom")
+    data = build_dataset(str(root), split_fractions=HALVES)
+    assert class_counts(data) == {"bedroom": 7, "kitchen": 6}
+    split = next(s for s in ("train", "validation", "test") if odd.name in file_names(data[s]))
+    position = [Path(i["path"]).name for i in data[split].cast_column("image", Image(decode=False))["image"]].index(
+        odd.name)
+    assert data[split][position]["image"].size[0] > 0
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> int:
+    return int(sum(np.bitwise_count(a ^ b)))
+
+
+def test_exif_rotated_photo_is_hashed_upright(tmp_path):
+    rotated = PHOTO_KINDS["exif_rotated"](tmp_path)
+    upright = PILImage.new("RGB", (32, 48), UPRIGHT_TOP)
+    upright.paste(UPRIGHT_BOTTOM, (0, 24, 32, 48))
+    upright.save(tmp_path / "upright.png")
+    sideways = PILImage.open(rotated).convert("RGB")  # the pixels as stored, EXIF ignored
+    sideways.save(tmp_path / "sideways.png")
+    hashes, good = scan_images([str(rotated), str(tmp_path / "upright.png"), str(tmp_path / "sideways.png")])
+    assert good.all()
+    assert hamming(hashes[0], hashes[1]) <= 4 < hamming(hashes[0], hashes[2])
+
+
+def test_sixteen_bit_photo_is_hashed_on_its_scaled_pixels_not_a_white_square(tmp_path):
+    sixteen = PHOTO_KINDS["sixteen_bit_png"](tmp_path)
+    eight = eight_bit_copy(tmp_path)
+    PILImage.new("RGB", (48, 48), (255, 255, 255)).save(tmp_path / "white.png")
+    hashes, good = scan_images([str(sixteen), str(eight), str(tmp_path / "white.png")])
+    assert good.all()
+    assert hamming(hashes[0], hashes[1]) <= 4 < hamming(hashes[0], hashes[2])

@@ -1,0 +1,69 @@
+"""The Space under load (benchmarks/bench_space_load.py) at a small size: every request answered, none refused."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_photo
+
+BENCH_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_space_load.py"
+
+
+def load_bench():
+    """benchmarks/bench_space_load.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_space_load", BENCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+
+
+@pytest.fixture
+def photos_dir(tmp_path) -> Path:
+    for i, colour in enumerate([(200, 180, 160), (60, 40, 20), (120, 140, 200), (30, 160, 90)]):
+        make_photo(tmp_path / "photos" / f"bed_{i}.jpg", colour, size=96, seed=i)
+    return tmp_path / "photos"
+
+
+def script_lines(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+
+
+def test_eight_users_at_once_get_every_answer_and_no_error(photos_dir, capsys):
+    report = bench.main(["--concurrency", "8", "--requests", "24", "--warm_up", "8", "--photos_dir", str(photos_dir)])
+    assert report["errors"] == 0 and report["first errors"] == []
+    assert report["answered"] == 24 and report["warm-up requests"] == 8
+    assert report["refused (queue full)"] == 0
+    assert 0 <= report["largest queue"] <= bench.load_app().QUEUE_MAX_SIZE
+    assert 0 < report["p50 ms"] <= report["p95 ms"] and report["throughput req/s"] > 0
+    assert 0 < report["rss before MB"] and 0 < report["rss halfway MB"] and 0 < report["rss after MB"]
+    lines = script_lines(capsys.readouterr().out)
+    assert lines["errors"] == "0" and float(lines["p95 ms"]) == report["p95 ms"]
+    assert {"p50 ms", "rss before MB", "rss after MB", "rss flat", "largest queue", "throughput req/s"} <= set(lines)
+
+
+def test_the_benchmark_stops_by_itself_at_its_time_limit(photos_dir):
+    report = bench.main(["--concurrency", "2", "--requests", "100000", "--warm_up", "2", "--time_limit", "2",
+                         "--photos_dir", str(photos_dir)])
+    assert report["errors"] == 0
+    assert 0 < report["answered"] < 100000 and report["wall s"] < 2 + 60  # in-flight requests finish, no new ones
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--concurrency", "0"], "'0' is not a whole number of at least 1"),
+        (["--time_limit", "-1"], "'-1' is not a number of seconds above 0"),
+        (["--model", "nowhere"], "--model nowhere: not a model folder"),
+    ],
+)
+def test_bad_flags_stop_with_the_flag_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
