@@ -8,11 +8,9 @@ the server stops. ``--warm_up`` requests first bring the server to its steady st
 when they fail but not in the latencies. Photos: the real JPEGs in ``../shared/data/bedrooms`` when present,
 else photos made up here.
 
-Memory: the server's RSS is read after the warm-up, halfway and at the end. It is flat when the second half
-of the requests grows it by less than RSS_GROWTH_FLAT_MB. Measured on 2 cores: the first few hundred
-requests grow it by about 100 MB to a plateau (glibc's per-thread malloc arenas: gradio runs requests on
-its worker threads), which a leak would not reach; ``MALLOC_ARENA_MAX=2`` in the environment removes most
-of that growth.
+Memory: the server's RSS is read after the warm-up, halfway and at the end; it is flat when the second half
+of the requests grows it by less than RSS_GROWTH_FLAT_MB (see MALLOC_ARENAS in space/app.py for why it
+once grew).
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_space_load.py                         # a tiny random model
     HF_HUB_OFFLINE=1 python benchmarks/bench_space_load.py --model runs/bedrooms   # the trained one
@@ -230,14 +228,14 @@ class QueueWatch:
 
 @contextlib.contextmanager
 def running_space(app, model: str) -> Iterator[str]:
-    """The Space as ``space/app.py``'s main serves it (one torch thread per request, its queue and upload
-    limits), on 127.0.0.1 at a free port, with the bedroom tab only; yields its URL, then stops it."""
+    """The Space as ``space/app.py``'s main serves it (its process settings, queue and upload limits), on
+    127.0.0.1 at a free port, with the bedroom tab only; yields its URL, then stops it."""
     import torch  # the server side only: the users' process stays light
 
     bedroom, bird = app.TASKS
     models = {bedroom.key: app.load_task_model(bedroom, model), bird.key: app.TaskModel(None, "Not loaded here.")}
     threads = torch.get_num_threads()
-    torch.set_num_threads(app.TORCH_THREADS)
+    app.configure_serving()
     demo = app.build_demo(models)
     try:
         app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import io
 import logging
 import os
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,11 @@ CONCURRENT_PREDICTIONS = available_cpus()
 # Waiting requests beyond this get "queue full" at once instead of a long wait; 50 users at once are
 # queued, not refused (benchmarks/bench_space_load.py).
 QUEUE_MAX_SIZE = 64
+# glibc gives every thread that allocates a heap of its own (up to 8 per core), each keeping its high-water
+# mark; gradio runs requests on many worker threads, so an EfficientNet-Lite0 Space grew by 480 MB over 500
+# requests. Two heaps keep it flat at the same speed (benchmarks/bench_space_load.py).
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # glibc's mallopt() parameter for the number of heaps
 # Uploads and heat maps live only in gradio's temporary folder (GRADIO_TEMP_DIR, else <tmp>/gradio); every
 # 15 minutes those older than an hour are deleted, and all of them when the server stops.
 DELETE_CACHE = (15 * 60, 60 * 60)  # (how often, age) in seconds, as gr.Blocks(delete_cache=...) takes them
@@ -195,6 +202,14 @@ def launch(demo: gr.Blocks, **kwargs):
     return demo.launch(max_file_size=MAX_FILE_SIZE, **kwargs)
 
 
+def configure_serving() -> None:
+    """Process-wide settings for serving, made before models load: TORCH_THREADS, and at most MALLOC_ARENAS
+    heaps where the C library is glibc (Linux, as on a Space; MALLOC_ARENA_MAX in the environment does the same)."""
+    torch.set_num_threads(TORCH_THREADS)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # musl's mallopt ignores it: nothing to cap there
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for task in TASKS:
@@ -219,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
-    torch.set_num_threads(TORCH_THREADS)
+    configure_serving()
     models = {}
     for task in TASKS:
         try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from conftest import make_photo
 
 BENCH_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_space_load.py"
+APP_FILE = Path(__file__).resolve().parents[1] / "space" / "app.py"
 
 
 def load_bench():
@@ -67,3 +70,54 @@ def test_bad_flags_stop_with_the_flag_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+# Eight threads allocate at once, as gradio's workers do under load; prints the C heaps before and during.
+COUNT_HEAPS = """
+import ctypes, importlib.util, sys, tempfile, threading
+if sys.argv[1] == "configured":
+    spec = importlib.util.spec_from_file_location("space_app", sys.argv[2])
+    app = importlib.util.module_from_spec(spec)
+    sys.modules["space_app"] = app
+    spec.loader.exec_module(app)
+    app.configure_serving()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+
+def heaps():
+    with tempfile.NamedTemporaryFile("r") as report:
+        stream = ctypes.c_void_p(libc.fopen(report.name.encode(), b"w"))
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        return report.read().count("<heap nr=")
+
+before = heaps()
+ready, done = threading.Barrier(9), threading.Event()
+
+def allocate():
+    buffer = bytearray(4096)  # a thread's first malloc gives it a heap
+    ready.wait()
+    done.wait()
+
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+ready.wait()
+print(before, heaps())
+done.set()
+"""
+
+
+def heaps_before_and_during_eight_threads(mode: str) -> tuple[int, int]:
+    done = subprocess.run([sys.executable, "-c", COUNT_HEAPS, mode, str(APP_FILE)], capture_output=True, text=True,
+                          check=True, timeout=300)
+    before, during = done.stdout.split()[-2:]
+    return int(before), int(during)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heaps of glibc's malloc")
+def test_the_space_keeps_few_malloc_heaps_however_many_threads_serve():
+    before, during = heaps_before_and_during_eight_threads("plain")
+    assert during > max(before, 2)  # what glibc does by default: the growth under load of the unconfigured Space
+    before, during = heaps_before_and_during_eight_threads("configured")
+    assert during <= max(before, bench.load_app().MALLOC_ARENAS)
