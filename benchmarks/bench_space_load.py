@@ -8,9 +8,9 @@ the server stops. ``--warm_up`` requests first bring the server to its steady st
 when they fail but not in the latencies. Photos: the real JPEGs in ``../shared/data/bedrooms`` when present,
 else photos made up here.
 
-Memory: the server's RSS is read after the warm-up, halfway and at the end; it is flat when the second half
-of the requests grows it by less than RSS_GROWTH_FLAT_MB (see MALLOC_ARENAS in space/app.py for why it
-once grew).
+Memory: the server's RSS is read after the warm-up, halfway and at the end, each time after ``--settle_s``
+seconds of rest (by then the Space has handed freed memory back: TRIM_EVERY_S in space/app.py); it is flat
+when the second half of the requests grows it by less than RSS_GROWTH_FLAT_MB.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_space_load.py                         # a tiny random model
     HF_HUB_OFFLINE=1 python benchmarks/bench_space_load.py --model runs/bedrooms   # the trained one
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a user waits for each step of a request (upload, place in the queue, answer)")
     parser.add_argument("--photos_dir", default=str(REAL_PHOTOS), help="JPEGs to send; made-up photos when absent")
     parser.add_argument("--no_heatmap", action="store_true", help="ask for no heat map (the page asks for one)")
+    parser.add_argument("--settle_s", type=non_negative_float, default=None,
+                        help="seconds the server rests before each memory reading; default: TRIM_EVERY_S + 1")
     parser.add_argument("--send_to", help=argparse.SUPPRESS)  # the users' process: the server's URL
     args = parser.parse_args(argv)
     if args.model and not (Path(args.model) / "config.json").is_file():
@@ -79,13 +81,23 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
+    if not seconds(text) > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return value
+    return float(text)
+
+
+def non_negative_float(text: str) -> float:
+    if not seconds(text) >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return float(text)
+
+
+def seconds(text: str) -> float:
+    """``text`` as a number; NaN when it is none (which fails every comparison)."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -95,17 +107,18 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(send_requests(args.send_to, args)))
         return {}
     app = load_app()
+    settle_s = app.TRIM_EVERY_S + 1 if args.settle_s is None else args.settle_s
     with tempfile.TemporaryDirectory(prefix="space-load-") as scratch:
         model = args.model or str(make_tiny_model(Path(scratch) / "tiny_model"))
         photos_dir, photos_note = bench_photos(Path(args.photos_dir), Path(scratch) / "photos")
         with running_space(app, model) as url:
             warm_up = users(url, photos_dir, args.warm_up, args.time_limit, args)
-            rss = [rss_mb()]
+            rss = [rss_mb_at_rest(settle_s)]
             first_half = users(url, photos_dir, args.requests // 2, args.time_limit, args)
-            rss.append(rss_mb())
+            rss.append(rss_mb_at_rest(settle_s))
             time_left = args.time_limit - first_half["wall s"]
             second_half = users(url, photos_dir, args.requests - args.requests // 2, time_left, args)
-            rss.append(rss_mb())
+            rss.append(rss_mb_at_rest(settle_s))
     counted = {key: first_half[key] + second_half[key] for key in ("seconds", "errors", "wall s")}
     counted["largest queue"] = max(first_half["largest queue"], second_half["largest queue"])
     report = {
@@ -252,8 +265,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def rss_mb() -> float:
-    """Resident memory of this process (the server), in MB (2**20 bytes)."""
+def rss_mb_at_rest(settle_s: float) -> float:
+    """Resident memory of this process (the server) after ``settle_s`` seconds without requests, in MB (2**20 B)."""
+    time.sleep(settle_s)
     return psutil.Process().memory_info().rss / 2**20
 
 

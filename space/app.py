@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import base64
 import ctypes
+import functools
 import io
 import logging
 import os
-import sys
+import platform
 import textwrap
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,10 +47,12 @@ CONCURRENT_PREDICTIONS = available_cpus()
 # Waiting requests beyond this get "queue full" at once instead of a long wait; 50 users at once are
 # queued, not refused (benchmarks/bench_space_load.py).
 QUEUE_MAX_SIZE = 64
-# glibc gives every thread that allocates a heap of its own (up to 8 per core), each keeping its high-water
-# mark; gradio runs requests on many worker threads, so an EfficientNet-Lite0 Space grew by 480 MB over 500
-# requests. Two heaps keep it flat at the same speed (benchmarks/bench_space_load.py).
+# Memory under load (benchmarks/bench_space_load.py, EfficientNet-Lite0): glibc keeps the pages of freed
+# tensors inside its heaps, one heap per thread that allocates (up to 8 per core), and gradio runs requests
+# on many threads: the Space grew by 480 MB over 500 requests, nearly all of it free memory. Two heaps and
+# handing free pages back every TRIM_EVERY_S seconds (about 60 ms of work each time) keep it flat.
 MALLOC_ARENAS = 2
+TRIM_EVERY_S = 10
 M_ARENA_MAX = -8  # glibc's mallopt() parameter for the number of heaps
 # Uploads and heat maps live only in gradio's temporary folder (GRADIO_TEMP_DIR, else <tmp>/gradio); every
 # 15 minutes those older than an hour are deleted, and all of them when the server stops.
@@ -203,11 +208,25 @@ def launch(demo: gr.Blocks, **kwargs):
 
 
 def configure_serving() -> None:
-    """Process-wide settings for serving, made before models load: TORCH_THREADS, and at most MALLOC_ARENAS
-    heaps where the C library is glibc (Linux, as on a Space; MALLOC_ARENA_MAX in the environment does the same)."""
+    """Process-wide settings for serving, made before models load: TORCH_THREADS; where the C library is glibc
+    (Linux, as on a Space), at most MALLOC_ARENAS heaps and free memory handed back every TRIM_EVERY_S seconds."""
     torch.set_num_threads(TORCH_THREADS)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # musl's mallopt ignores it: nothing to cap there
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        start_trimming()
+
+
+@functools.cache  # one thread per process, however often the server is configured
+def start_trimming() -> None:
+    """A thread that hands glibc's free memory back to the system every TRIM_EVERY_S seconds."""
+    libc = ctypes.CDLL(None)
+
+    def trim_forever() -> None:
+        while True:
+            time.sleep(TRIM_EVERY_S)
+            libc.malloc_trim(0)
+
+    threading.Thread(target=trim_forever, name="malloc-trim", daemon=True).start()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -39,7 +39,8 @@ def script_lines(output: str) -> dict[str, str]:
 
 
 def test_eight_users_at_once_get_every_answer_and_no_error(photos_dir, capsys):
-    report = bench.main(["--concurrency", "8", "--requests", "24", "--warm_up", "8", "--photos_dir", str(photos_dir)])
+    report = bench.main(["--concurrency", "8", "--requests", "24", "--warm_up", "8", "--settle_s", "0",
+                         "--photos_dir", str(photos_dir)])
     assert report["errors"] == 0 and report["first errors"] == []
     assert report["answered"] == 24 and report["warm-up requests"] == 8
     assert report["refused (queue full)"] == 0
@@ -53,7 +54,7 @@ def test_eight_users_at_once_get_every_answer_and_no_error(photos_dir, capsys):
 
 def test_the_benchmark_stops_by_itself_at_its_time_limit(photos_dir):
     report = bench.main(["--concurrency", "2", "--requests", "100000", "--warm_up", "2", "--time_limit", "2",
-                         "--photos_dir", str(photos_dir)])
+                         "--settle_s", "0", "--photos_dir", str(photos_dir)])
     assert report["errors"] == 0
     assert 0 < report["answered"] < 100000 and report["wall s"] < 2 + 60  # in-flight requests finish, no new ones
 
@@ -63,6 +64,7 @@ def test_the_benchmark_stops_by_itself_at_its_time_limit(photos_dir):
     [
         (["--concurrency", "0"], "'0' is not a whole number of at least 1"),
         (["--time_limit", "-1"], "'-1' is not a number of seconds above 0"),
+        (["--settle_s", "soon"], "'soon' is not a number of seconds, 0 or more"),
         (["--model", "nowhere"], "--model nowhere: not a model folder"),
     ],
 )
@@ -72,17 +74,22 @@ def test_bad_flags_stop_with_the_flag_named(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-# Eight threads allocate at once, as gradio's workers do under load; prints the C heaps before and during.
-COUNT_HEAPS = """
-import ctypes, importlib.util, sys, tempfile, threading
+# The server's memory under load, in a fresh process: 8 threads allocate at once, as gradio's workers do
+# (prints the C heaps before and during), then 256 MB is freed under a block that glibc cannot trim past
+# (prints the RSS in MB at once and half a second later).
+SERVER_MEMORY = """
+import ctypes, importlib.util, sys, tempfile, threading, time
+import psutil
 if sys.argv[1] == "configured":
     spec = importlib.util.spec_from_file_location("space_app", sys.argv[2])
     app = importlib.util.module_from_spec(spec)
     sys.modules["space_app"] = app
     spec.loader.exec_module(app)
+    app.TRIM_EVERY_S = 0.1
     app.configure_serving()
 libc = ctypes.CDLL(None)
-libc.fopen.restype = ctypes.c_void_p
+libc.fopen.restype = libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
 
 def heaps():
     with tempfile.NamedTemporaryFile("r") as report:
@@ -90,6 +97,9 @@ def heaps():
         libc.malloc_info(0, stream)
         libc.fclose(stream)
         return report.read().count("<heap nr=")
+
+def rss_mb():
+    return psutil.Process().memory_info().rss >> 20
 
 before = heaps()
 ready, done = threading.Barrier(9), threading.Event()
@@ -105,19 +115,28 @@ for thread in threads:
 ready.wait()
 print(before, heaps())
 done.set()
+blocks = [libc.malloc(1 << 16) for _ in range(4096)]
+for block in blocks:
+    ctypes.memset(block, 1, 1 << 16)
+for block in blocks[:-1]:
+    libc.free(block)
+freed = rss_mb()
+time.sleep(0.5)
+print(freed, rss_mb())
 """
 
 
-def heaps_before_and_during_eight_threads(mode: str) -> tuple[int, int]:
-    done = subprocess.run([sys.executable, "-c", COUNT_HEAPS, mode, str(APP_FILE)], capture_output=True, text=True,
-                          check=True, timeout=300)
-    before, during = done.stdout.split()[-2:]
-    return int(before), int(during)
+def server_memory(mode: str) -> tuple[int, int, int, int]:
+    """Heaps before and during 8 threads, RSS in MB just after freeing 256 MB and half a second later."""
+    done = subprocess.run([sys.executable, "-c", SERVER_MEMORY, mode, str(APP_FILE)], capture_output=True,
+                          text=True, check=True, timeout=300)
+    return tuple(int(n) for n in done.stdout.split()[-4:])
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the heaps of glibc's malloc")
-def test_the_space_keeps_few_malloc_heaps_however_many_threads_serve():
-    before, during = heaps_before_and_during_eight_threads("plain")
-    assert during > max(before, 2)  # what glibc does by default: the growth under load of the unconfigured Space
-    before, during = heaps_before_and_during_eight_threads("configured")
-    assert during <= max(before, bench.load_app().MALLOC_ARENAS)
+def test_the_space_keeps_few_heaps_and_hands_freed_memory_back():
+    heaps_before, heaps_during, freed, later = server_memory("plain")
+    assert heaps_during > max(heaps_before, 2) and later > freed - 50  # glibc alone: a heap a thread, pages kept
+    heaps_before, heaps_during, freed, later = server_memory("configured")
+    assert heaps_during <= max(heaps_before, bench.load_app().MALLOC_ARENAS)
+    assert later < freed - 200  # the 256 MB freed went back to the system
