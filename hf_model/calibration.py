@@ -68,7 +68,7 @@ def calibrate(
     data = load_data(cfg, record.training_args.seed, record.cv_fold)  # exactly the splits the model trained on
     others = out_of_domain_photos(out_of_domain_dirs)
     if len(others) < 2:
-        raise ValueError(f"need at least 2 readable out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}, "
+        raise DataError(f"need at least 2 readable out-of-domain photos in {[str(d) for d in out_of_domain_dirs]}, "
                          f"found {len(others)}: add photos the model should turn away")
     sets = {split: split_photos(data[split])[:limit] for split in data}
     sets["other_calibration"] = others[0::2][:limit]  # interleaved, so that each room type is in both halves

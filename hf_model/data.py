@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -186,17 +187,23 @@ def _bed_number(path: Path) -> int:
 
 
 def _read_label_csv(path: Path) -> list[LabelRow]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
         rows = list(csv.DictReader(f))
     if not rows or not {"file", "label"} <= set(rows[0]):
-        raise DataError(f"{path}: expected a header 'file,label' and one row per photo")
-    labels = []
+        raise DataError(f"{path}: expected a comma-separated header 'file,label' and one row per photo, got "
+                        f"{list(rows[0]) if rows else 'no rows'}")
+    labels: dict[str, LabelRow] = {}
     for line, row in enumerate(rows, start=2):
-        label = row["label"].strip().upper()
+        label = (row["label"] or "").strip().upper()
         if label not in BEDROOM_CLASSES:
             raise DataError(f"{path}:{line}: label {row['label']!r} is not one of {sorted(BEDROOM_CLASSES)}")
-        labels.append(LabelRow(f"{path.name}:{line}", row["file"].strip(), label))
-    return labels
+        name = os.path.normpath((row["file"] or "").strip())  # ./bed_9.jpg is bed_9.jpg
+        earlier = labels.get(name)
+        if earlier and earlier.label != label:
+            raise DataError(f"{path}:{line}: {name} is labeled {label} here but {earlier.label} at {earlier.where}; "
+                            "keep one row per photo")
+        labels.setdefault(name, LabelRow(f"{path.name}:{line}", name, label))
+    return list(labels.values())
 
 
 def _pair_labels_txt(path: Path, photos: list[Path]) -> tuple[list[LabelRow], str]:
@@ -247,7 +254,7 @@ def read_birds_csv(data_dir: str | Path) -> LabeledFiles:
     """
     root = Path(data_dir)
     path = root / "birds.csv"
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"filepaths", "labels"} <= set(rows[0]):
         raise DataError(f"{path}: expected columns 'filepaths' and 'labels' in the header")
@@ -748,7 +755,14 @@ def _cv_fold_split(
         raise DataError(f"cross-validation fold {fold} is not in 0..{n_folds - 1}")
     everything = np.arange(len(labels))
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(everything, labels, groups)
-    rest, test = list(folds)[fold]
+    try:
+        rest, test = list(folds)[fold]
+    except ValueError as err:  # fewer photos (or near-duplicate groups) than folds
+        largest = int(np.bincount(labels).max())
+        raise DataError(f"--cv_folds {n_folds}: too few photos for {n_folds} folds (the largest class has {largest}, "
+                        f"{len(np.unique(groups))} photos are distinct; {err}). Each fold tests at least one photo of "
+                        f"a class: use --cv_folds {max(2, min(largest, len(np.unique(groups))))} or fewer, or add "
+                        "photos.") from None
     shares = np.array([fractions[0], fractions[1], 0.0]) / (fractions[0] + fractions[1])
     train, val, _ = _fold_split(rest, labels, groups, shares, seed)
     return [train, val, test]
@@ -765,6 +779,11 @@ def _warn_about_small_classes(
                  if fraction > 0 and c not in held]
         if n < PHOTOS_TO_TEST and never and c in present[0]:
             notes.append(f"{names[c]} ({n} photo{'s' if n > 1 else ''}: never {' or '.join(never)})")
+    untested = [names[c] for c, n in photos.items() if n >= PHOTOS_TO_TEST and c in present[0] and c not in present[2]]
+    if fractions[2] > 0 and untested and len(splits[2]):
+        logger.warning("no test photo in this split for %d of the classes (%s): they get no test score; "
+                       "--cv_folds tests every photo once", len(untested), ", ".join(untested[:8])
+                       + (", ..." if len(untested) > 8 else ""))
     if notes:
         logger.warning("%d classes have too few photos to be validated and tested (a class needs %d, one for each "
                        "split); they train, but: %s. Add photos to these classes.", len(notes), PHOTOS_TO_TEST,

@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=whole_number(1), default=16)
     parser.add_argument("--output", help="write a CSV here instead of printing")
     args = parser.parse_args(argv)
+    if args.output and (Path(args.output).is_dir() or not Path(args.output).resolve().parent.is_dir()):
+        parser.error(f"--output {args.output}: give a CSV file name in an existing folder")
     try:
         entries = expand_paths(args.paths)
     except FileNotFoundError as err:

@@ -93,10 +93,14 @@ def check_same_run(output_dir: Path, previous: dict | None, checkpoint: str | No
         raise RunFolderError(_conflict_message(output_dir, previous, there, here, differences))
 
 
+# splits the photo counts of which identify the data (self-training adds a pseudo_labeled split as it goes)
+LABELED_SPLITS = ("train", "validation", "test", "unlabeled")
+
+
 def run_identity(raw: dict) -> dict:
     """What makes two runs the same run, from a run record as stored (``RunRecord.to_dict()``).
 
-    The data (folder or dataset, labels file, split fractions, fold), the classes, the backbone and
+    The data (folder or dataset, labels file, split fractions, fold, photos per split), the classes, the backbone and
     image size, every recipe field of ``TrainConfig`` and the ``TrainingArguments`` in
     :data:`RECIPE_ARGS`. Keys an older record lacks are left out, so they are not compared.
     """
@@ -109,6 +113,9 @@ def run_identity(raw: dict) -> dict:
         identity["image_size"] = raw["image_size"]
     if raw.get("label_names"):
         identity["label_names"] = raw["label_names"]
+    photos = {split: n for split, n in (raw.get("split_sizes") or {}).items() if split in LABELED_SPLITS}
+    if photos:  # photos added to or removed from the folder: the same path, other data
+        identity["photos_per_split"] = photos
     return identity
 
 
@@ -122,7 +129,9 @@ def _conflict_message(output_dir: Path, previous: dict | None, there: dict, here
         head = (f"{output_dir} holds {state} on {_data(there)} with {classes}; this run is on {_data(here)} with "
                 f"classes {_show(here['label_names'])}.")
         if _data(there) == _data(here) and there.get("label_names") == here["label_names"]:
-            head = f"{output_dir} holds {state} on the same photos and classes with other settings."
+            same_photos = there.get("photos_per_split", here.get("photos_per_split")) == here.get("photos_per_split")
+            head = (f"{output_dir} holds {state} on the same photos and classes with other settings." if same_photos
+                    else f"{output_dir} holds {state} on {_data(here)}, whose photos have changed since.")
     rows = [f"  {key}: {_show(old)} there; {_show(new)} here" for key, (old, new) in differences.items()]
     return "\n".join([head, "What differs:", *rows,
                       f"Pass --no_resume to start over in {output_dir} (its checkpoints and results are removed, its "
@@ -134,6 +143,8 @@ def _data(identity: dict) -> str:
 
 
 def _show(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items())
     return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

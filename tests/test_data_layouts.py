@@ -322,3 +322,44 @@ def test_sixteen_bit_photo_is_hashed_on_its_scaled_pixels_not_a_white_square(tmp
     hashes, good = scan_images([str(sixteen), str(eight), str(tmp_path / "white.png")])
     assert good.all()
     assert hamming(hashes[0], hashes[1]) <= 4 < hamming(hashes[0], hashes[2])
+
+
+def write_bedroom_labels(root: Path, rows: list[str], encoding: str = "utf-8") -> None:
+    (root / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n", encoding=encoding)
+
+
+def test_labels_csv_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
+    root = make_bedroom_folder(tmp_path / "bedrooms", n=12)
+    write_bedroom_labels(root, [f"bed_{i},{'MO'[i % 2]}".replace(",", ".jpg,") for i in range(1, 13)], "utf-8-sig")
+    data = build_dataset(str(root))
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 12
+
+
+def test_a_photo_labeled_twice_with_different_labels_stops_naming_both_lines(tmp_path):
+    root = make_bedroom_folder(tmp_path / "bedrooms", n=12)
+    write_bedroom_labels(root, [f"bed_{i}.jpg,{'MO'[i % 2]}" for i in range(1, 13)] + ["bed_9.jpg,M"])
+    with pytest.raises(ValueError, match=r"labels.csv:14: bed_9.jpg is labeled M here but O at labels.csv:10"):
+        build_dataset(str(root))
+
+
+def test_labels_csv_paths_starting_with_dot_slash_name_the_same_photo(tmp_path):
+    root = make_bedroom_folder(tmp_path / "bedrooms", n=12)
+    write_bedroom_labels(root, [f"./bed_{i}.jpg,{'MO'[i % 2]}" for i in range(1, 13)])
+    data = build_dataset(str(root))
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 12 and "unlabeled" not in data
+
+
+def test_more_folds_than_photos_stop_naming_the_flag_and_a_fold_count_that_works(tmp_path):
+    root = make_class_folders(tmp_path / "photos", per_class=3)
+    with pytest.raises(ValueError, match=r"--cv_folds 5: too few photos .*use --cv_folds 3 or fewer"):
+        build_dataset(str(root), cv_fold=(0, 5))
+
+
+def test_classes_left_out_of_the_test_split_are_named(tmp_path, caplog):
+    root = make_class_folders(tmp_path / "photos", per_class=6, classes=("bedroom", "kitchen", "bathroom"))
+    with caplog.at_level(logging.WARNING):
+        data = build_dataset(str(root), split_fractions=(0.76, 0.14, 0.10))
+    tested = {data["test"].features["label"].names[i] for i in data["test"]["label"]}
+    missing = sorted({"bedroom", "kitchen", "bathroom"} - tested)
+    assert missing and f"no test photo in this split for {len(missing)} of the classes ({', '.join(missing)})" \
+        in caplog.text

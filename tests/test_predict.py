@@ -161,6 +161,16 @@ def test_numeric_flags_out_of_range_stop_at_parse_time_naming_the_flag(tmp_path,
     assert f"argument {flag}: must be a whole number of at least 1, got '{value}'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output", ["no_folder/predictions.csv", "."])
+def test_an_output_that_cannot_be_written_stops_before_any_photo_is_labeled(tmp_path, capsys, monkeypatch, output):
+    monkeypatch.chdir(tmp_path)
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    with pytest.raises(SystemExit) as stop:  # before the model loads: the model path does not even exist
+        main([str(tmp_path / "no_model"), str(photo), "--output", output])
+    assert stop.value.code == 2
+    assert f"--output {output}: give a CSV file name in an existing folder" in capsys.readouterr().err
+
+
 def test_top_k_above_the_number_of_classes_lists_them_all_with_a_note(model_dir, tmp_path, capsys):
     photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
     (row,) = predict(model_dir, tmp_path, str(photo), "--top_k", "10")

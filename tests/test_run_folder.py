@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def test_a_folder_holding_a_run_on_other_photos_is_not_resumed(tmp_path):
     assert f"this run is on {tmp_path / 'b/photos'} with classes bathroom, living" in message
     assert "--no_resume" in message and "--output_dir" in message
     assert (tmp_path / "out" / "checkpoint-4").is_dir()  # nothing of the other run was touched
+
+
+def test_photos_added_to_the_same_folder_are_not_ignored_on_a_rerun(tmp_path):
+    old, _ = run(tmp_path, "photos", ["a", "b"], finished=True)
+    old.save(tmp_path / "out")
+    new, args = run(tmp_path, "photos", ["a", "b"])
+    new = dataclasses.replace(new, split_sizes={"train": 10, "validation": 2, "pseudo_labeled": 3})
+    changed = r"(?s)whose photos have changed since.*photos_per_split: train 8 there; train 10, validation 2 here"
+    with pytest.raises(RunFolderError, match=changed):
+        plan_run(args, True, new)
 
 
 @pytest.mark.parametrize(("flags", "difference"), [
