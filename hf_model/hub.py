@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.kind == "model":
             result = publish_model(args.model_dir, args.repo_id, **common)
         elif args.kind == "dataset":
-            dataset_dict, card = load_dataset_to_publish(args.source, args.card, args.split_fractions, args.seed)
+            dataset_dict, card = load_dataset_to_publish(args.source, args.card, args.split_fractions, args.seed,
+                                                         args.skip_bad_images)
             result = publish_dataset(dataset_dict, card, args.repo_id, **common)
         else:
             models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
@@ -110,6 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     dataset.add_argument("--split_fractions", type=float, nargs=3, metavar=("TRAIN", "VALIDATION", "TEST"),
                          help=f"photo folder only (default: {' '.join(map(str, DEFAULT_SPLIT_FRACTIONS))})")
     dataset.add_argument("--seed", type=int, default=DEFAULT_SEED, help="photo folder only: the split seed")
+    dataset.add_argument("--skip_bad_images", action="store_true",
+                         help="photo folder only: leave unreadable photos out (with a warning) instead of stopping")
     space = kinds.add_parser("space", help="the Gradio demo in space/")
     space.add_argument("space_dir", nargs="?", default=str(PROJECT_ROOT / "space"), help="default: space/")
     for flag in SPACE_MODEL_VARIABLES.values():
@@ -270,11 +273,12 @@ def _read_json(path: Path) -> dict:
 
 
 def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequence[float] | None = None,
-                            seed: int = DEFAULT_SEED):
+                            seed: int = DEFAULT_SEED, skip_bad_images: bool = False):
     """The ``DatasetDict`` to publish and its card path.
 
     ``source`` is a trained model folder (its run record rebuilds exactly the splits it was trained
-    and tested on) or a photo folder (split with ``split_fractions`` and ``seed``).
+    and tested on, unreadable photos skipped as they were) or a photo folder (split with ``split_fractions``
+    and ``seed``; ``skip_bad_images`` leaves unreadable photos out instead of raising ``BadImageError``).
     """
     from hf_model.data import detect_layout, load_data
 
@@ -282,7 +286,8 @@ def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequ
         record = load_run_config(source)
         cfg, seed, fold = record.config, record.training_args.seed, record.cv_fold
     else:
-        cfg, fold = TrainConfig(data_dir=source, split_fractions=list(split_fractions or DEFAULT_SPLIT_FRACTIONS)), None
+        cfg, fold = TrainConfig(data_dir=source, split_fractions=list(split_fractions or DEFAULT_SPLIT_FRACTIONS),
+                                skip_bad_images=skip_bad_images), None
     if card:
         card_path = Path(card)
     elif cfg.data_dir:

@@ -451,3 +451,22 @@ def test_a_given_out_dir_that_is_not_empty_is_refused(trained_dir, tmp_path):
     (tmp_path / "build" / "old.txt").write_text("stale")
     with pytest.raises(FileExistsError, match="not empty"):
         hub.publish_model(trained_dir, "alice/x", dry_run=True, out_dir=tmp_path / "build")
+
+
+def test_publish_dataset_skips_an_unreadable_photo_when_asked_as_its_error_advises(tmp_path, capsys):
+    from conftest import make_photo
+
+    photos = tmp_path / "photos"
+    for name, colour in [("red", (220, 30, 30)), ("blue", (30, 30, 220))]:
+        for i in range(6):
+            make_photo(photos / name / f"{i}.jpg", colour, seed=i)
+    (photos / "red" / "broken.jpg").write_bytes(b"not a photo")
+    card = tmp_path / "card.md"
+    card.write_text("---\nlicense: cc-by-4.0\npretty_name: Colours\ntask_categories:\n- image-classification\n---\n# x\n")
+    flags = ["dataset", str(photos), "--repo_id", "me/colours", "--dry_run", "--out_dir", str(tmp_path / "repo"),
+             "--card", str(card)]
+    with pytest.raises(SystemExit, match="broken.jpg.*pass --skip_bad_images"):
+        hub.main(flags)
+    hub.main([*flags, "--skip_bad_images"])
+    published = load_dataset("parquet", data_dir=str(tmp_path / "repo" / "data"))
+    assert sum(len(split) for split in published.values()) == 12  # every readable photo, the broken one left out
