@@ -462,7 +462,8 @@ def test_publish_dataset_skips_an_unreadable_photo_when_asked_as_its_error_advis
             make_photo(photos / name / f"{i}.jpg", colour, seed=i)
     (photos / "red" / "broken.jpg").write_bytes(b"not a photo")
     card = tmp_path / "card.md"
-    card.write_text("---\nlicense: cc-by-4.0\npretty_name: Colours\ntask_categories:\n- image-classification\n---\n# x\n")
+    card.write_text("---\nlicense: cc-by-4.0\npretty_name: Colours\ntask_categories:\n- image-classification\n"
+                    "---\n# x\n")
     flags = ["dataset", str(photos), "--repo_id", "me/colours", "--dry_run", "--out_dir", str(tmp_path / "repo"),
              "--card", str(card)]
     with pytest.raises(SystemExit, match="broken.jpg.*pass --skip_bad_images"):
