@@ -26,7 +26,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets, load_dataset
 
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, TrainConfig
-from hf_model.images import IMAGE_SUFFIXES, is_hidden, list_images, skipped_files
+from hf_model.images import IMAGE_SUFFIXES, is_hidden, list_images, open_image, skipped_files
 
 logger = logging.getLogger(__name__)
 
@@ -572,7 +572,7 @@ def _hash_one(item) -> tuple[int, int] | Exception:
     try:
         if isinstance(item, dict):  # a datasets image cell: its bytes, or the file it names
             item = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
-        image = item if isinstance(item, PILImage.Image) else PILImage.open(item)
+        image = item if isinstance(item, PILImage.Image) else open_image(item)
         image.load()
         image = to_rgb(image)
         return int(str(imagehash.phash(image)), 16), int(str(imagehash.dhash(image)), 16)

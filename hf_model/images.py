@@ -7,7 +7,9 @@ demo's examples all see the same photos in a folder, in the same order, and repo
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
+from typing import IO
 
 from PIL import EpsImagePlugin, Image, ImageFile
 
@@ -65,3 +67,14 @@ def skip_reason(path: Path) -> str:
     if not path.suffix:
         return "no file extension, so not taken for an image"
     return f"{path.suffix.lower()!r} is not an image type Pillow opens"
+
+
+def open_image(source: str | Path | IO[bytes]) -> Image.Image:
+    """``PIL.Image.open`` (lazy: nothing decoded yet) with the decompression-bomb limit enforced in full.
+
+    Pillow raises ``DecompressionBombError`` above twice ``Image.MAX_IMAGE_PIXELS`` and only warns
+    between one and two times it; here both raise, so every part of the project refuses the same files.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(source)

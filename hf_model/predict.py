@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from hf_model.atomic import atomic_write
 from hf_model.backbones import load_image_processor
 from hf_model.flags import whole_number
-from hf_model.images import list_images, skipped_files
+from hf_model.images import list_images, open_image, skipped_files
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
 
 
@@ -99,10 +98,8 @@ def read_photo(path: Path) -> Image.Image:
     ``DecompressionBombError``, also for images between one and two times Pillow's pixel limit, which
     Pillow would only warn about and decode.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            return to_rgb(image)
+    with open_image(path) as image:
+        return to_rgb(image)
 
 
 def unreadable_reason(err: Exception) -> str:

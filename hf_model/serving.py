@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from hf_model.adapters import adapter_for
 from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
+from hf_model.images import open_image
 from hf_model.predict import class_probabilities
 from hf_model.transforms import build_eval_transform, normalization, to_rgb
 
@@ -76,9 +76,7 @@ def open_photo(source) -> Image.Image:
         image = source
     else:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
+            image = open_image(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise UnreadablePhotoError(
                 f"This image is too big to classify (over {MAX_PIXELS / 1e6:.0f} megapixels). "

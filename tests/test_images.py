@@ -86,3 +86,18 @@ def test_skipped_files_lists_every_other_visible_file_with_its_reason_sorted(tmp
     heic = [] if ".heic" in IMAGE_SUFFIXES else [("b.HEIC", "'.heic' is not an image type Pillow opens")]
     assert skipped == sorted([("README", "no file extension, so not taken for an image"),
                               ("a/notes.txt", "'.txt' is not an image type Pillow opens"), *heic])
+
+
+def test_images_between_one_and_two_times_pillows_limit_are_refused_everywhere(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hf_model.data import BadImageError, scan_images
+    from hf_model.images import open_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 pixels: Pillow alone would only warn
+    with pytest.raises(Image.DecompressionBombWarning):
+        open_image(path)
+    with pytest.raises(BadImageError, match="big.png"):  # training refuses what predict and the Space refuse
+        scan_images([str(path)])
