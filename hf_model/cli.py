@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_model.training:main", "fine-tune a backbone on a folder or Hub dataset (same as train.py)"),
     "predict": ("hf_model.predict:main", "label photos with a trained model folder or Hub id"),
     "calibrate": ("hf_model.calibration:main", "choose when the model says 'not a bedroom' / 'unsure' (for the Space)"),
+    "label-issues": ("hf_model.label_issues:main", "list the labeled photos most likely mislabeled (cleanlab)"),
     "publish": ("hf_model.hub:main", "build and upload a model, dataset or Space repo (hf-model publish --help)"),
 }
 

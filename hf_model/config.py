@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT_FRACTIONS = (0.76, 0.14, 0.10)  # train, validation, test
 DEFAULT_SEED = 42  # TrainingArguments' default seed, which also decides the splits
+MANY_PHOTOS = 500  # photos in the median class from which fine-tuning blocks is chosen over the head alone
 TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one photo
 CLASS_WEIGHTS = ("none", "auto")
+HEADS = ("logistic", "ncm", "sgd")  # how stage 1 fits the head: hf_model.heads (closed form) or Trainer (sgd)
 RUN_CONFIG_FILE = "hf_model_config.json"
 PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir")  # may name local files or folders
 # TrainingArguments that check the machine (a GPU, bf16, DeepSpeed): a record written on a GPU loads anywhere
@@ -62,7 +64,18 @@ class TrainConfig:
     brightness: float = field(default=0.3, metadata={"help": "augmentation: brightness jitter"})
     stages: int = field(default=2, metadata={"help": "2: train the head on the frozen backbone, then the top "
                                                      "blocks; 1: one stage training --unfreeze_top_blocks"})
-    unfreeze_top_blocks: int = field(default=2, metadata={"help": "blocks trained in the last stage (-1: all)"})
+    unfreeze_top_blocks: int | None = field(default=None, metadata={
+        "help": "blocks trained in the last stage (-1: all; 0: the head alone, on the frozen backbone). Default: "
+                f"chosen by the photos per class (0 below {MANY_PHOTOS}, else 2); the log says which and why"})
+    head: str = field(default="logistic", metadata={
+        "help": "how the head is fitted on the frozen backbone: logistic (logistic regression, L2 strength by inner "
+                "cross-validation), ncm (cosine nearest class mean) or sgd (trained by Trainer, early stopping)",
+        "choices": list(HEADS)})
+    refit: bool = field(default=True, metadata={
+        "help": "after validation has chosen the settings, train the saved model once more on every labeled photo "
+                "(train + validation + test; in a cross-validation fold, all but the fold's test photos)"})
+    temperature_scaling: bool = field(default=True, metadata={
+        "help": "calibrate the probabilities: a temperature fitted on held-out predictions, folded into the head"})
     freeze_batchnorm: bool = field(default=True, metadata={"help": "keep BatchNorm frozen, in eval mode"})
     head_learning_rate: float = field(default=1e-3, metadata={"help": "stage 1 learning rate"})
     head_epochs: int = field(default=100, metadata={"help": "stage 1 epoch limit (early stopping ends it sooner)"})
@@ -88,6 +101,9 @@ class TrainConfig:
             raise ValueError(f"--split_fractions takes three shares (train, validation, test), each above 0, that "
                              f"sum to 1 (validation picks the best epoch; test is scored), got {self.split_fractions}")
         checks = [
+            (self.head in HEADS, f"--head must be one of {list(HEADS)}, got {self.head!r}"),
+            (self.head == "sgd" or self.feature_cache, f"--head {self.head} is fitted on cached features: drop "
+                                                       "--no_feature_cache, or use --head sgd"),
             (self.stages in (1, 2), "--stages must be 1 (one fine-tuning stage) or 2 (head first, then the top "
                                     "blocks)"),
             (self.class_weights in CLASS_WEIGHTS, f"--class_weights must be one of {list(CLASS_WEIGHTS)}, "
@@ -96,7 +112,8 @@ class TrainConfig:
             (self.cv_folds == 0 or self.cv_folds >= 2, "--cv_folds is 0 (off) or a number of folds, at least 2"),
             (self.feature_views >= 1, "--feature_views counts views per photo: at least 1"),
             (0 < self.zoom <= 1, "--zoom is the smallest crop's share of the photo: more than 0, at most 1"),
-            (self.unfreeze_top_blocks >= -1, "--unfreeze_top_blocks is a number of blocks, or -1 for all"),
+            (self.unfreeze_top_blocks is None or self.unfreeze_top_blocks >= -1,
+             "--unfreeze_top_blocks is a number of blocks, or -1 for all"),
             (0 <= self.head_dropout < 1, "--head_dropout is a probability below 1"),
             (self.image_size is None or self.image_size >= 32, "--image_size is in pixels: at least 32"),
             (min(self.rotation, self.shear, self.brightness) >= 0, "--rotation, --shear and --brightness are "

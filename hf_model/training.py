@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerState, TrainingArguments, set_seed
 
 from hf_model.adapters import adapter_for
 from hf_model.backbones import (
@@ -37,16 +37,18 @@ from hf_model.backbones import (
     resolve_backbone,
     weights_version,
 )
-from hf_model.config import RunRecord, TrainConfig, parse_args
+from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args
 from hf_model.data import DataError, load_data, training_photos
 from hf_model.experiments import cross_validate, teach
-from hf_model.features import HeadModel, cache_key, extract_features, features_dataset
+from hf_model.features import HeadModel, cache_key, extract_features, features_dataset, photo_digests
 from hf_model.freezing import set_trainable
+from hf_model.heads import fit_head
 from hf_model.hub import publish_trained_model, repo_to_push
-from hf_model.metrics import build_compute_metrics, split_metrics
+from hf_model.metrics import build_compute_metrics, softmax, split_metrics
 from hf_model.predict import view_probabilities
 from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
 from hf_model.run_folder import STAGING_DIR, RunFolderError, move_into, plan_run, save_results
+from hf_model.temperature import calibrate_logits, expected_calibration_error, fold_temperature
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
@@ -86,6 +88,7 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     label_names = data["train"].features["label"].names
     logger.info("labels from %s; classes %s; %s", data.label_source, _short(label_names),
                 ", ".join(f"{name} {len(split)}" for name, split in data.items()))
+    cfg = choose_recipe(cfg, data)
     record = RunRecord(cfg, args, command, cv_fold, cfg.image_size or default_image_size(cfg.backbone),
                        data.label_source, _split_sizes(data), list(label_names), finished=False)
     plan = plan_run(args, cfg.resume, record)
@@ -97,25 +100,61 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         data["pseudo_labeled"] = teach(train, cfg, args, data, command, cv_fold)
         set_seed(args.seed)  # the student starts from the same seed as a run without a teacher
 
-    trainer, eval_transform = fine_tune(cfg, args, data, plan.resume_from)
+    trainer, eval_transform, chosen = fine_tune(cfg, args, data, plan.resume_from)
+    if cfg.refit and cv_fold is not None:  # the fold's test photos score a model that learned from all the others
+        trainer = refit(cfg, args, refit_data(data, with_test=False), chosen)
 
     views = view_probabilities(trainer.model, eval_transform, data["test"]["image"], tta=cfg.tta,
                                batch_size=args.per_device_eval_batch_size)
     if len(data["test"]):
         metrics = split_metrics(views, data["test"]["label"], label_names)
+        metrics["test_ece_unscaled"] = expected_calibration_error(unscaled(views.mean(axis=0), chosen.temperature),
+                                                                  np.asarray(data["test"]["label"]))
     else:  # too few photos for a test split (data.py warned): the model is saved, untested
         logger.warning("no test photos: the model is trained and saved but not tested")
         metrics = {"test_samples": 0}
     trainer.log_metrics("test", {k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
+    if cfg.refit and cv_fold is None:  # the saved model learns from the test photos too, once they have scored it
+        trainer = refit(cfg, args, refit_data(data, with_test=True), chosen)
     if trainer.is_world_process_zero():
         save_results(args.output_dir, "test", metrics)
+        save_results(args.output_dir, "chosen", {"chosen": dataclasses.asdict(chosen)})
         record = dataclasses.replace(record, split_sizes=_split_sizes(data))  # with the pseudo-labeled photos
-        summary = write_reports(args.output_dir, record, metrics, views.mean(axis=0), data["test"],
-                                time.time() - started, model_id=push_to)
+        probs = views.mean(axis=0)
+        summary = write_reports(args.output_dir, record, {**metrics, "chosen": dataclasses.asdict(chosen)}, probs,
+                                data["test"], time.time() - started, model_id=push_to,
+                                unscaled_probs=unscaled(probs, chosen.temperature) if chosen.temperature_report
+                                else None)
         print(summary, flush=True)
         if push_to:
             publish_trained_model(args.output_dir, push_to, args)
     return metrics
+
+
+def choose_recipe(cfg: TrainConfig, data: DatasetDict) -> TrainConfig:
+    """``cfg`` with ``--unfreeze_top_blocks`` chosen when not given: the head alone for few photos per class, else 2.
+
+    Below :data:`~hf_model.config.MANY_PHOTOS` photos in the median class, fine-tuning blocks did no better
+    than the head on the frozen backbone in cross-validation (README, Results) and costs far more.
+    """
+    if cfg.unfreeze_top_blocks is not None:
+        return cfg
+    labels = np.concatenate([np.asarray(data[split]["label"], dtype=int) for split in ("train", "validation", "test")])
+    median = float(np.median(np.bincount(labels)))
+    if median < MANY_PHOTOS:
+        logger.info("recipe: the %s head alone on the frozen backbone (--unfreeze_top_blocks 0), because the median "
+                    "class has %g labeled photos, fewer than %d: with so few, fine-tuning blocks did not beat it. "
+                    "Give --unfreeze_top_blocks N to fine-tune N blocks too", cfg.head, median, MANY_PHOTOS)
+        return dataclasses.replace(cfg, unfreeze_top_blocks=0)
+    logger.info("recipe: the %s head, then the top 2 blocks fine-tuned (--unfreeze_top_blocks 2), because the median "
+                "class has %g labeled photos, at least %d; give --unfreeze_top_blocks 0 for the head alone",
+                cfg.head, median, MANY_PHOTOS)
+    return dataclasses.replace(cfg, unfreeze_top_blocks=2)
+
+
+def unscaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities before temperature scaling: softmax(T log p) = softmax(z) since log p = z / T + const."""
+    return softmax(temperature * np.log(np.clip(probs, 1e-30, None)))
 
 
 def report_finished(args: TrainingArguments, metrics: dict, push_to: str | None) -> dict:
@@ -129,46 +168,120 @@ def report_finished(args: TrainingArguments, metrics: dict, push_to: str | None)
 
 
 def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict,
-              resume_from: str | None = None) -> tuple[Trainer, Callable]:
-    """Stage 1 (optional) then stage 2 on ``data``; returns the trainer holding the saved model, and the eval transform.
+              resume_from: str | None = None) -> tuple[Trainer, Callable, Chosen]:
+    """The head, then (unless ``--unfreeze_top_blocks 0``) the top blocks, chosen on validation; saved in output_dir.
 
-    Early stopping and best-checkpoint restore in every stage; a stage 2 that does not beat stage 1
-    on validation is rolled back. ``resume_from`` (a checkpoint of this run) continues stage 2 from it.
+    Returns the trainer holding the model, the eval transform, and what was chosen (for :func:`refit`).
+    Early stopping and best-checkpoint restore in every ``Trainer`` stage; a stage 2 that does not beat
+    stage 1 on validation is rolled back. The temperature fitted on held-out predictions is folded into
+    the head last. ``resume_from`` (a checkpoint of this run) continues stage 2 from it.
     """
     label_names = data["train"].features["label"].names
     train_split = training_photos(data, cfg.oversample, args.seed)
-    weights = balanced_class_weights(train_split["label"], len(label_names)) if cfg.class_weights == "auto" else None
     setup = setup_model(cfg, label_names)
-    model, loss = setup.model, cross_entropy_loss(weights, args.label_smoothing_factor)
+    model, loss = setup.model, cross_entropy_loss(_class_weights(cfg, train_split), args.label_smoothing_factor)
     args = dataclasses.replace(args, label_smoothing_factor=0.0)  # smoothed in our loss, not the Trainer's smoother
     curves = LearningCurvesCallback(args.output_dir)
-
-    stage1 = None
-    if cfg.stages == 2 and not resume_from:  # a stage-2 checkpoint already holds the trained head
-        best = train_head(cfg, args, setup, train_split, data["validation"], loss, curves)
-        stage1 = (best, copy.deepcopy(model.state_dict()))
-    counts = set_trainable(model, cfg.unfreeze_top_blocks, keep_batchnorm_frozen=cfg.freeze_batchnorm)
-    logger.info("fine-tuning %d of %d blocks: %d parameters train, %d frozen", counts["blocks"],
-                counts["of_blocks"], counts["trainable"], counts["frozen"])
-    trainer = Trainer(
-        model=model, args=args, compute_loss_func=loss, data_collator=collate,
-        train_dataset=train_split.with_transform(batch_transform(setup.train_transform)),
-        eval_dataset=data["validation"].with_transform(batch_transform(setup.eval_transform)),
-        compute_metrics=build_compute_metrics(label_names),
-        processing_class=setup.processor if adapter_for(model).saves_processor else None,  # saved beside the model
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience), curves],
-    )
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    if stage1 and not improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
-        # e.g. a few photos per class: fine-tuning the blocks overfits; the frozen backbone's head generalizes better
-        logger.info("stage 2's best validation %s (%s) does not beat stage 1's (%s): keeping the stage 1 model",
-                    args.metric_for_best_model, trainer.state.best_metric, stage1[0])
-        model.load_state_dict(stage1[1])
+    head_only = cfg.unfreeze_top_blocks == 0
+    chosen, stage1, held_out = Chosen(), None, None
+    if (head_only or cfg.stages == 2) and not resume_from:  # a stage-2 checkpoint already holds the trained head
+        fit = train_head(cfg, args, setup, train_split, data["validation"], loss, curves, fit_validation=head_only)
+        chosen = Chosen(head_C=fit.C, head_epochs=fit.epochs)
+        stage1, held_out = (fit.best_metric, copy.deepcopy(model.state_dict())), fit.held_out
+    trainer = blocks_trainer(cfg, args, setup, train_split, data["validation"], loss, curves)
+    if not head_only:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        if stage1 and not improves(trainer.state.best_metric, stage1[0], args.greater_is_better):
+            # e.g. a few photos per class: fine-tuning the blocks overfits; the frozen backbone's head generalizes
+            logger.info("stage 2's best validation %s (%s) does not beat stage 1's (%s): keeping the stage 1 model",
+                        args.metric_for_best_model, trainer.state.best_metric, stage1[0])
+            model.load_state_dict(stage1[1])
+        else:
+            chosen.stage2_epochs, held_out = best_epoch(trainer.state), None  # the head moved: calibrate on validation
+        trainer.log_metrics("train", result.metrics)
+        if trainer.is_world_process_zero():
+            save_results(args.output_dir, "train", result.metrics)
+    if cfg.temperature_scaling:
+        chosen.temperature, chosen.temperature_report = calibrate(model, setup.eval_transform, data["validation"],
+                                                                  held_out, args.per_device_eval_batch_size)
     save_final_model(trainer)
-    trainer.log_metrics("train", result.metrics)
-    if trainer.is_world_process_zero():
-        save_results(args.output_dir, "train", result.metrics)
-    return trainer, setup.eval_transform
+    return trainer, setup.eval_transform, chosen
+
+
+def refit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, chosen: Chosen) -> Trainer:
+    """Train the model again on ``data["train"]`` (every labeled photo it may learn from) as :func:`fine_tune` chose.
+
+    Nothing is held out, so nothing is chosen: the logistic head keeps its ``C``, each ``Trainer`` stage
+    trains for the epochs that reached its best validation score, and the same temperature is folded in.
+    The model is saved to ``output_dir``, replacing the selection run's.
+    """
+    label_names = data["train"].features["label"].names
+    photos = training_photos(data, cfg.oversample, args.seed)
+    setup = setup_model(cfg, label_names)
+    loss = cross_entropy_loss(_class_weights(cfg, photos), args.label_smoothing_factor)
+    args = dataclasses.replace(args, label_smoothing_factor=0.0, eval_strategy="no", save_strategy="no",
+                               load_best_model_at_end=False)
+    logger.info("refit: training the saved model once more on all %d labeled photos it may learn from", len(photos))
+    if cfg.unfreeze_top_blocks == 0 or cfg.stages == 2:
+        train_head(cfg, args, setup, photos, None, loss, fixed=chosen)
+    trainer = blocks_trainer(cfg, args, setup, photos, None, loss, epochs=chosen.stage2_epochs)
+    if chosen.stage2_epochs:
+        trainer.train()
+    if cfg.temperature_scaling:
+        fold_temperature(adapter_for(setup.model).classifier(setup.model), chosen.temperature)
+    save_final_model(trainer)
+    return trainer
+
+
+def refit_data(data: DatasetDict, with_test: bool) -> DatasetDict:
+    """Train + validation (+ test) as one ``train`` split, with self-training's ``pseudo_labeled`` photos."""
+    labeled = [data["train"], data["validation"], *([data["test"]] if with_test else [])]
+    return DatasetDict(train=concatenate_datasets(labeled),
+                       **({"pseudo_labeled": data["pseudo_labeled"]} if "pseudo_labeled" in data else {}))
+
+
+def blocks_trainer(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, train_split: Dataset,
+                   validation: Dataset | None, loss: Callable, curves: LearningCurvesCallback | None = None,
+                   epochs: float | None = None) -> Trainer:
+    """The ``Trainer`` of the last stage (``--unfreeze_top_blocks`` blocks and the head), which also saves the model.
+
+    Without ``validation`` (the refit) it trains ``epochs`` epochs with no early stopping.
+    """
+    model, label_names = setup.model, train_split.features["label"].names
+    counts = set_trainable(model, cfg.unfreeze_top_blocks, keep_batchnorm_frozen=cfg.freeze_batchnorm)
+    if cfg.unfreeze_top_blocks != 0:
+        logger.info("fine-tuning %d of %d blocks: %d parameters train, %d frozen", counts["blocks"],
+                    counts["of_blocks"], counts["trainable"], counts["frozen"])
+    callbacks = [*([EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)] if validation else []),
+                 *([curves] if curves else [])]
+    return Trainer(
+        model=model, args=args if epochs is None else dataclasses.replace(args, num_train_epochs=epochs, max_steps=-1),
+        compute_loss_func=loss, data_collator=collate, callbacks=callbacks,
+        train_dataset=train_split.with_transform(batch_transform(setup.train_transform)),
+        eval_dataset=validation.with_transform(batch_transform(setup.eval_transform)) if validation else None,
+        compute_metrics=build_compute_metrics(label_names) if validation else None,
+        processing_class=setup.processor if adapter_for(model).saves_processor else None,  # saved beside the model
+    )
+
+
+def calibrate(model: nn.Module, eval_transform: Callable, validation: Dataset,
+              held_out: tuple[np.ndarray, np.ndarray] | None, batch_size: int) -> tuple[float, dict | None]:
+    """Temperature scaling (:mod:`hf_model.temperature`) folded into the classifier layer; returns T and its report.
+
+    Fitted on ``held_out`` (logits, labels) when the head brings them (its inner cross-validation), else on
+    the validation photos' predictions. With neither, the probabilities stay as they are (T = 1).
+    """
+    if held_out is None:
+        if not len(validation):
+            logger.warning("no held-out photos to fit a temperature on: the probabilities are not calibrated")
+            return 1.0, None
+        probs = view_probabilities(model, eval_transform, validation["image"], batch_size=batch_size)[0]
+        held_out = (np.log(np.clip(probs, 1e-30, None)), np.asarray(validation["label"]))  # log p = logits + const
+    report = calibrate_logits(*held_out)
+    fold_temperature(adapter_for(model).classifier(model), report.temperature)
+    logger.info("temperature scaling on %d held-out predictions: T = %.3f, expected calibration error %.3f -> %.3f",
+                report.n, report.temperature, report.ece_before, report.ece_after)
+    return report.temperature, report.to_dict()
 
 
 def save_final_model(trainer: Trainer) -> None:
@@ -183,6 +296,23 @@ def save_final_model(trainer: Trainer) -> None:
     trainer.save_model(str(staging))
     if trainer.args.should_save:
         move_into(staging, output_dir)
+
+
+@dataclass
+class Chosen:
+    """What validation (or the head's inner cross-validation) chose, which :func:`refit` repeats.
+
+    ``head_C``: the logistic head's inverse L2 strength; ``head_epochs`` / ``stage2_epochs``: epochs a
+    ``Trainer`` stage took to its best validation score (``stage2_epochs`` is ``None`` when no stage 2
+    was kept); ``temperature``: folded into the head; ``temperature_report``: what it did to the held-out
+    predictions (:class:`hf_model.temperature.TemperatureReport` as a dict).
+    """
+
+    head_C: float | None = None
+    head_epochs: float | None = None
+    stage2_epochs: float | None = None
+    temperature: float = 1.0
+    temperature_report: dict | None = None
 
 
 @dataclass
@@ -218,30 +348,40 @@ def setup_model(cfg: TrainConfig, label_names: list[str]) -> ModelSetup:
                       cache_key(weights_version(source), image_size, cfg.augmentation_key()))
 
 
-def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, train_split: Dataset,
-               validation: Dataset, loss: Callable, curves: LearningCurvesCallback | None = None) -> float:
-    """Stage 1: the new head on the frozen backbone; leaves the best head in ``model``, returns its validation metric.
+@dataclass
+class HeadFit:
+    """Stage 1's outcome: its validation score (``None`` when validation was fitted on or absent), the epochs the
+    ``sgd`` head took to it, the logistic head's ``C``, and the head's own held-out (logits, labels)."""
 
-    With ``cfg.feature_cache`` the head trains on cached pooled features of ``cfg.feature_views``
-    views per photo (one plain, the rest augmented), computed once and reused by later runs.
+    best_metric: float | None
+    epochs: float | None = None
+    C: float | None = None
+    held_out: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, train_split: Dataset,
+               validation: Dataset | None, loss: Callable, curves: LearningCurvesCallback | None = None, *,
+               fit_validation: bool = False, fixed: Chosen | None = None) -> HeadFit:
+    """Stage 1: the head on the frozen backbone, left in the model's classifier layer.
+
+    ``--head logistic`` / ``ncm`` are fitted on cached pooled features of ``cfg.feature_views`` views per
+    photo (one plain, the rest augmented; :mod:`hf_model.heads`), on the validation photos too when
+    ``fit_validation`` (the head alone is the model, and it chooses by inner cross-validation). ``--head sgd``
+    trains with ``Trainer`` and early stopping on validation, on the cached features unless
+    ``--no_feature_cache``. With ``fixed`` (the refit) nothing is held out: the chosen ``C`` / epochs are used.
     """
+    set_trainable(setup.model, 0, keep_batchnorm_frozen=True)
+    classifier = adapter_for(setup.model).classifier(setup.model)
+    if cfg.head != "sgd":
+        return fit_closed_form_head(cfg, args, setup, train_split, validation, classifier, fit_validation, fixed)
     stage_args = dataclasses.replace(
         args, output_dir=str(Path(args.output_dir) / "stage1"), learning_rate=cfg.head_learning_rate,
-        num_train_epochs=cfg.head_epochs, max_steps=-1, save_total_limit=1)
-    model, train_transform, eval_transform = setup.model, setup.train_transform, setup.eval_transform
-    set_trainable(model, 0, keep_batchnorm_frozen=True)
-    classifier = adapter_for(model).classifier(model)
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=cfg.head_patience), *([curves] if curves else [])]
-    compute_metrics = build_compute_metrics(train_split.features["label"].names)
+        num_train_epochs=fixed.head_epochs if fixed else cfg.head_epochs, max_steps=-1, save_total_limit=1)
+    callbacks = [*([EarlyStoppingCallback(early_stopping_patience=cfg.head_patience)] if validation else []),
+                 *([curves] if curves else [])]
+    compute_metrics = build_compute_metrics(train_split.features["label"].names) if validation else None
     if cfg.feature_cache:
-        cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / setup.feature_key
-        views = [eval_transform] + [train_transform] * (cfg.feature_views - 1)
-        model.to(stage_args.device)
-        with stage_args.main_process_first(desc="stage 1 features"):  # other ranks then read the cache
-            train_features = extract_features(model, train_split, views, cache / f"views{cfg.feature_views}",
-                                              desc="stage 1 features (train)")
-            val_features = extract_features(model, validation, [eval_transform], cache / "eval",
-                                            desc="stage 1 features (validation)")
+        train_features = cached_features(cfg, args, setup, train_split, cfg.feature_views)
         head = HeadModel(copy.deepcopy(classifier), cfg.head_dropout)
         head.classifier.requires_grad_(True)
         stage_args = dataclasses.replace(stage_args, per_device_train_batch_size=max(
@@ -249,19 +389,70 @@ def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, tra
         trainer = Trainer(
             model=head, args=stage_args, compute_loss_func=loss, compute_metrics=compute_metrics, callbacks=callbacks,
             train_dataset=features_dataset(train_features, train_split["label"], all_views=True),
-            eval_dataset=features_dataset(val_features, validation["label"], all_views=False))
+            eval_dataset=features_dataset(cached_features(cfg, args, setup, validation, 1), validation["label"],
+                                          all_views=False) if validation else None)
         trainer.train()
         classifier.load_state_dict(head.classifier.state_dict())
     else:
         trainer = Trainer(
-            model=model, args=stage_args, compute_loss_func=loss, compute_metrics=compute_metrics,
+            model=setup.model, args=stage_args, compute_loss_func=loss, compute_metrics=compute_metrics,
             callbacks=callbacks, data_collator=collate,
-            train_dataset=train_split.with_transform(batch_transform(train_transform)),
-            eval_dataset=validation.with_transform(batch_transform(eval_transform)))
+            train_dataset=train_split.with_transform(batch_transform(setup.train_transform)),
+            eval_dataset=validation.with_transform(batch_transform(setup.eval_transform)) if validation else None)
         trainer.train()
-    logger.info("stage 1 done: best validation %s %.4f after %d epochs", args.metric_for_best_model,
-                trainer.state.best_metric, trainer.state.epoch)
-    return trainer.state.best_metric
+    if validation:
+        logger.info("stage 1 done: best validation %s %.4f after %d epochs", args.metric_for_best_model,
+                    trainer.state.best_metric, trainer.state.epoch)
+    return HeadFit(trainer.state.best_metric, epochs=best_epoch(trainer.state))
+
+
+def fit_closed_form_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, train_split: Dataset,
+                         validation: Dataset | None, classifier: nn.Linear, fit_validation: bool,
+                         fixed: Chosen | None) -> HeadFit:
+    """``--head logistic`` / ``ncm`` on cached features (:func:`hf_model.heads.fit_head`), written into ``classifier``.
+
+    Scored on the validation photos' plain view unless they were fitted on (``fit_validation``) or absent.
+    """
+    photos = concatenate_datasets([train_split, validation]) if fit_validation and validation else train_split
+    features = cached_features(cfg, args, setup, photos, cfg.feature_views)
+    names = train_split.features["label"].names
+    head = fit_head(cfg.head, features, np.asarray(photos["label"]), len(names), groups=photo_digests(photos),
+                    class_weight="balanced" if cfg.class_weights == "auto" else None, seed=args.seed,
+                    C=fixed.head_C if fixed else None)
+    head.write_into(classifier)
+    held_out = (head.held_out_logits, head.held_out_labels) if head.held_out_logits is not None else None
+    if fit_validation or not validation:
+        return HeadFit(None, C=head.C, held_out=held_out)
+    logits = head.logits(cached_features(cfg, args, setup, validation, 1)[:, 0])
+    scores = build_compute_metrics(names)(EvalPrediction(predictions=logits, label_ids=np.asarray(validation["label"])))
+    scores["loss"] = float(loss_of(logits, validation["label"]))
+    best = scores[args.metric_for_best_model.removeprefix("eval_")]
+    logger.info("stage 1 (%s head) done: validation %s %.4f", cfg.head, args.metric_for_best_model, best)
+    return HeadFit(best, C=head.C, held_out=held_out)
+
+
+def cached_features(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, photos: Dataset,
+                    views: int) -> np.ndarray:
+    """(photos, views, dim) pooled features from the cache, computed first where missing (the first view plain)."""
+    cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / setup.feature_key
+    transforms = [setup.eval_transform] + [setup.train_transform] * (views - 1)
+    setup.model.to(args.device)
+    with args.main_process_first(desc="stage 1 features"):  # other ranks then read the cache
+        return extract_features(setup.model, photos, transforms, cache / (f"views{views}" if views > 1 else "eval"),
+                                desc=f"features ({views} view{'s' if views > 1 else ''})")
+
+
+def best_epoch(state: TrainerState) -> float:
+    """Epochs a ``Trainer`` took to its best checkpoint (all of them without one): what the refit trains for."""
+    if state.best_global_step and state.global_step:
+        return state.epoch * state.best_global_step / state.global_step
+    return state.epoch
+
+
+def loss_of(logits: np.ndarray, labels) -> float:
+    """Mean cross-entropy of (photos, classes) logits, as ``Trainer`` reports ``eval_loss``."""
+    return float(nn.functional.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
+                                             torch.as_tensor(np.asarray(labels))))
 
 
 def cross_entropy_loss(class_weights: torch.Tensor | None, label_smoothing: float = 0.0):
@@ -282,6 +473,11 @@ def cross_entropy_loss(class_weights: torch.Tensor | None, label_smoothing: floa
         return total / num_items_in_batch
 
     return loss
+
+
+def _class_weights(cfg: TrainConfig, photos: Dataset) -> torch.Tensor | None:
+    names = photos.features["label"].names
+    return balanced_class_weights(photos["label"], len(names)) if cfg.class_weights == "auto" else None
 
 
 def balanced_class_weights(labels: list[int], n_classes: int) -> torch.Tensor:

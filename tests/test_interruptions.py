@@ -65,7 +65,8 @@ def test_a_run_killed_mid_epoch_resumes_from_its_last_checkpoint_and_finishes(tm
         for i in range(8):
             make_photo(photos / name / f"{i}.jpg", colour, size=32, seed=i)
     flags = ["--data_dir", str(photos), "--backbone", tiny_convnext, "--output_dir", str(out),
-             "--cache_dir", str(tmp_path / "cache"), "--stages", "1", "--num_train_epochs", str(EPOCHS),
+             "--cache_dir", str(tmp_path / "cache"), "--stages", "1", "--unfreeze_top_blocks", "2", "--refit", "false",
+             "--num_train_epochs", str(EPOCHS),
              "--per_device_train_batch_size", "1", "--image_size", "32", "--split_fractions", "0.5", "0.25", "0.25",
              "--save_strategy", "epoch", "--logging_strategy", "steps", "--logging_steps", "1",
              "--disable_tqdm", "true", "--dataloader_pin_memory", "false"]

@@ -238,7 +238,8 @@ def test_learning_curves_callback_joins_the_stages_on_one_epoch_axis(tmp_path):
 
 def test_summary_line_names_the_metrics_and_the_folder():
     line = reports.summary_line({**METRICS, "test_samples": 39}, 205, "runs/bedrooms")
-    assert line == ("Done in 3m25s: test accuracy 0.795, macro-F1 0.783, roc-auc 0.836 on 39 test photos. "
+    assert line == ("Done in 3m25s: test accuracy 0.795 (95% CI 0.64-0.89), macro-F1 0.783, roc-auc 0.836 on 39 test "
+                    "photos. "
                     "Model saved to runs/bedrooms")
 
 

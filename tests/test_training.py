@@ -47,7 +47,7 @@ def test_two_stages_log_both_and_write_plots_and_card(image_folder, tiny_convnex
 
     out = tmp_path / "run"
     main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
-          "--cache_dir", str(tmp_path / "cache"), *FAST])
+          "--cache_dir", str(tmp_path / "cache"), "--head", "sgd", "--unfreeze_top_blocks", "2", *FAST])
     history = json.loads((out / "log_history.json").read_text())
     stage1 = [e for e in history if e.get("stage") == 1 and "eval_loss" in e]
     stage2 = [e for e in history if e.get("stage") == 2 and "eval_loss" in e]
@@ -69,7 +69,7 @@ def test_stage2_that_does_worse_than_stage1_is_not_kept(image_folder, tiny_convn
     out = tmp_path / "run"
     caplog.set_level("INFO", logger="hf_model")
     main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cache_dir",
-          str(tmp_path / "cache"), "--learning_rate", "0.01", *FAST])
+          str(tmp_path / "cache"), "--learning_rate", "0.01", "--unfreeze_top_blocks", "2", *FAST])
     assert "keeping the stage 1 model" in caplog.text
     pretrained = load_file(Path(tiny_convnext) / "model.safetensors")
     saved = load_file(out / "model.safetensors")
@@ -87,7 +87,7 @@ def test_a_stage_improves_only_on_a_strictly_better_number(value, reference, gre
 def test_plain_stage1_path_trains_the_head_on_images(image_folder, tiny_convnext, tmp_path):
     out = tmp_path / "run"
     main(["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
-          "--no_feature_cache", "--cache_dir", str(tmp_path / "cache"), *FAST])
+          "--no_feature_cache", "--head", "sgd", "--cache_dir", str(tmp_path / "cache"), *FAST])
     assert (out / "stage1").is_dir() and not (tmp_path / "cache" / "features").exists()
     sizes = json.loads((out / "hf_model_config.json").read_text())["split_sizes"]
     assert json.loads((out / "all_results.json").read_text())["test_samples"] == sizes["test"] > 0
@@ -108,7 +108,7 @@ def test_cross_validation_tests_every_photo_once(image_folder, tiny_convnext, tm
 def test_rerun_of_an_unfinished_run_resumes_from_its_last_checkpoint(image_folder, tiny_convnext, tmp_path, caplog):
     out = tmp_path / "run"
     args = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out),
-            "--cache_dir", str(tmp_path / "cache"), *FAST]
+            "--cache_dir", str(tmp_path / "cache"), "--unfreeze_top_blocks", "2", *FAST]
     main(args)
     last = max(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     record = json.loads((out / "hf_model_config.json").read_text())
@@ -211,7 +211,8 @@ def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_p
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",  # a free port
            str(ROOT / "train.py"), "--data_dir", str(image_folder), "--backbone", tiny_convnext,
-           "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true", "--stages", "1", *FAST]
+           "--output_dir", str(out), "--ddp_backend", "gloo", "--disable_tqdm", "true", "--stages", "1",
+           "--unfreeze_top_blocks", "2", *FAST]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
@@ -292,7 +293,7 @@ def test_class_weights_auto_weights_the_loss_end_to_end(uneven_folder, tiny_conv
                         lambda weights, smoothing=0.0: seen.append(weights) or cross_entropy_loss(weights, smoothing))
     out = tmp_path / "run"
     main(["--data_dir", str(uneven_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--class_weights",
-          "auto", "--cache_dir", str(tmp_path / "cache"), *FAST])
+          "auto", "--cache_dir", str(tmp_path / "cache"), "--refit", "false", *FAST])
     from hf_model.data import load_data
 
     record = load_run_config(out)
@@ -305,7 +306,7 @@ def test_class_weights_auto_weights_the_loss_end_to_end(uneven_folder, tiny_conv
 def test_oversample_trains_on_balanced_classes_end_to_end(uneven_folder, tiny_convnext, tmp_path):
     out = tmp_path / "run"
     main(["--data_dir", str(uneven_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--oversample",
-          "--stages", "1", "--cache_dir", str(tmp_path / "cache"), *FAST])
+          "--stages", "1", "--unfreeze_top_blocks", "2", "--cache_dir", str(tmp_path / "cache"), *FAST])
     from hf_model.data import load_data
 
     record = load_run_config(out)
