@@ -10,7 +10,8 @@ Temperature scaling is fitted on the head's inner cross-validation logits, never
         --heads logistic ncm --views 8
 
 Features of ``max(--views)`` views per photo are computed once into the feature cache training uses
-(fewer views are the first ones of those); ``--tta`` adds the mirror image's features.
+(fewer views are the first ones of those); ``--tta`` adds the mirror image's features. Other flags go to
+``train.py``'s parser (e.g. ``--zoom 0.9 --rotation 5`` for weaker augmented views).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def main() -> None:
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8], help="feature views per photo to compare")
     parser.add_argument("--tta", action="store_true", help="also score the plain + mirrored test view")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
-    cli = parser.parse_args()
-    argv = ["--preset", cli.preset, "--data_dir", cli.data_dir, "--output_dir", tempfile.mkdtemp(prefix="heads-"),
-            "--feature_views", str(max(cli.views)), "--disable_tqdm", "true", "--cv_folds", str(cli.folds)]
+    cli, train_flags = parser.parse_known_args()  # any other train.py flag, e.g. --zoom 0.9 --rotation 5
+    argv = [*train_flags, "--preset", cli.preset, "--data_dir", cli.data_dir,
+            "--output_dir", tempfile.mkdtemp(prefix="heads-"), "--feature_views", str(max(cli.views)),
+            "--disable_tqdm", "true", "--cv_folds", str(cli.folds)]
     argv += ["--backbone", cli.backbone] if cli.backbone else []
     argv += ["--image_size", str(cli.image_size)] if cli.image_size else []
     cfg, args = parse_args(argv)
@@ -66,9 +68,11 @@ def main() -> None:
     mirror = test_time_views(True)[1]
     mirrored = dict(zip(photo_digests(everything), extract_features(
         setup.model, everything, [lambda image: setup.eval_transform(mirror(image))], cache / "eval-mirrored")[:, 0]))
-    print(f"features of {len(everything)} photos: {time.time() - started:.0f} s", flush=True)
+    print(f"features of {len(everything)} photos: {time.time() - started:.0f} s; inference "
+          f"{_milliseconds_per_photo(setup, everything):.1f} ms a photo (batch 1, decode excluded)", flush=True)
 
     results: dict[str, list[dict]] = {}
+    pooled: dict[str, list[tuple]] = {}  # every fold's test predictions: the ECE over all photos, not per fold
     for i, data in enumerate(folds):
         fit_on = concatenate_datasets([data["train"], data["validation"]])
         train_x = np.stack([features[d] for d in photo_digests(fit_on)])
@@ -80,7 +84,7 @@ def main() -> None:
             for n_views in cli.views:
                 t = time.time()
                 if head_name == "sgd":
-                    head = _sgd_head(replace(cfg, feature_views=n_views), args, setup, data)
+                    head = _sgd_head(replace(cfg, head="sgd", feature_views=n_views), args, setup, data)
                 else:
                     head = fit_head(head_name, train_x[:, :n_views], labels, len(names), seed=args.seed)
                 seconds = time.time() - t
@@ -91,6 +95,7 @@ def main() -> None:
                     key = f"{head_name} views={n_views}" + (" +flip" if tta else "")
                     results.setdefault(key, []).append(
                         _scores(logits, test_labels, names, temperature) | {"seconds": seconds})
+                    pooled.setdefault(key, []).append((logits, logits / temperature, test_labels))
         print(f"fold {i + 1}/{cli.folds} done", flush=True)
     summary = {key: {metric: {"mean": float(np.mean([f[metric] for f in rows])),
                               "std": float(np.std([f[metric] for f in rows]))} for metric in rows[0]}
@@ -98,9 +103,29 @@ def main() -> None:
     print(f"\n{cli.preset}, {cfg.backbone} at {cfg.image_size or 'its own size'} px, {cli.folds}-fold CV "
           f"({len(everything)} photos):")
     for key, row in summary.items():
+        logits, scaled, labels = (np.concatenate(part) for part in zip(*pooled[key]))
+        row["ece_all_photos"] = {"mean": expected_calibration_error(softmax(logits), labels), "std": 0.0}
+        row["ece_scaled_all_photos"] = {"mean": expected_calibration_error(softmax(scaled), labels), "std": 0.0}
         print(f"{key:28s} " + "  ".join(f"{m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()))
     if cli.output:
         Path(cli.output).write_text(json.dumps({"argv": argv, "summary": summary}, indent=2))
+
+
+def _milliseconds_per_photo(setup, photos, n: int = 20) -> float:
+    """Median forward time of one preprocessed photo (the inference cost of this backbone at this size)."""
+    import torch
+
+    model = setup.model.eval()
+    pixels = [setup.eval_transform(image)[None].contiguous(memory_format=torch.channels_last)
+              for image in photos.select(range(min(n, len(photos))))["image"]]
+    times = []
+    with torch.inference_mode():
+        model(pixel_values=pixels[0])  # warm-up
+        for batch in pixels:
+            t = time.perf_counter()
+            model(pixel_values=batch)
+            times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
 
 
 def _sgd_head(cfg, args, setup, data):

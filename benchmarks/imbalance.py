@@ -42,7 +42,7 @@ def main() -> None:
         data = load_data(cfg, args.seed, (fold, cli.folds))
         labels = data["train"].features["label"].names
         for name, change in VARIANTS.items():
-            variant = replace(cfg, **change)
+            variant = replace(cfg, head="sgd", **change)  # the Trainer head, whose loss the variants change
             setup = setup_model(variant, labels)
             train_split = oversampled(data["train"], args.seed) if variant.oversample else data["train"]
             weights = balanced_class_weights(train_split["label"], 2) if variant.class_weights == "auto" else None

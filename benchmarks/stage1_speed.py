@@ -27,7 +27,8 @@ from hf_model.training import cross_entropy_loss, setup_model, train_head
 def run(data_dir: str, epochs: int, feature_cache: bool, cache_dir: str) -> dict:
     cfg, args = parse_args(["--preset", "bedrooms", "--data_dir", data_dir, "--output_dir",
                             tempfile.mkdtemp(prefix="stage1-"), "--disable_tqdm", "true"])
-    cfg = replace(cfg, feature_cache=feature_cache, head_epochs=epochs, head_patience=epochs, cache_dir=cache_dir)
+    cfg = replace(cfg, head="sgd", feature_cache=feature_cache, head_epochs=epochs, head_patience=epochs,
+                  cache_dir=cache_dir)
     data = load_data(cfg, args.seed)
     setup = setup_model(cfg, data["train"].features["label"].names)
     curves = LearningCurvesCallback(args.output_dir)  # holds the stage's log history

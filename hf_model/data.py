@@ -72,6 +72,8 @@ class LabelRow(NamedTuple):
     file: str
     label: str
 
+HAND_LABELED_SPLITS = ("train", "validation", "test")  # the unlabeled split (bedrooms) is not among them
+
 
 def build_dataset(
     data_dir: str | None = None,
@@ -756,7 +758,12 @@ def _cv_fold_split(
     everything = np.arange(len(labels))
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(everything, labels, groups)
     try:
-        rest, test = list(folds)[fold]
+        folds = list(folds)
+        if _some_class_skips_a_fold(folds, labels, groups):
+            logger.info("classes too small for stratified grouped folds to test each in every fold: dealing each "
+                        "class's photos to the %d folds in turn", n_folds)
+            folds = _deal_to_folds(labels, groups, n_folds, seed)
+        rest, test = folds[fold]
     except ValueError as err:  # fewer photos (or near-duplicate groups) than folds
         largest = int(np.bincount(labels).max())
         raise DataError(f"--cv_folds {n_folds}: too few photos for {n_folds} folds (the largest class has {largest}, "
@@ -766,6 +773,32 @@ def _cv_fold_split(
     shares = np.array([fractions[0], fractions[1], 0.0]) / (fractions[0] + fractions[1])
     train, val, _ = _fold_split(rest, labels, groups, shares, seed)
     return [train, val, test]
+
+
+def _some_class_skips_a_fold(folds: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray,
+                             groups: np.ndarray) -> bool:
+    """Whether a class with at least as many distinct photos as folds is missing from some fold's test photos."""
+    tested = [set(labels[test].tolist()) for _, test in folds]
+    return any(n >= len(folds) and any(c not in fold for fold in tested)
+               for c, n in _photos_per_class(labels, groups).items())
+
+
+def _deal_to_folds(labels: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rest, test) of ``n_folds`` folds where each class's photos (near-duplicate groups as one) are shuffled and dealt
+    to the folds in turn: a class of 4 photos in 4 folds is tested once in each. A group goes where its first
+    photo's class sends it; each class starts where the previous one stopped, so small classes fill folds evenly."""
+    _, first, unit_of = np.unique(groups, return_index=True, return_inverse=True)
+    unit_label = labels[first]
+    rng = np.random.default_rng(seed)
+    fold_of_unit = np.zeros(len(first), dtype=int)
+    dealt = 0
+    for c in np.unique(unit_label):
+        units = rng.permutation(np.flatnonzero(unit_label == c))
+        fold_of_unit[units] = (dealt + np.arange(len(units))) % n_folds
+        dealt += len(units)
+    fold_of_photo = fold_of_unit[unit_of]
+    return [(np.flatnonzero(fold_of_photo != f), np.flatnonzero(fold_of_photo == f)) for f in range(n_folds)]
 
 
 def _warn_about_small_classes(

@@ -28,6 +28,7 @@ from transformers import TrainingArguments
 from hf_model.atomic import write_json_atomic
 from hf_model.config import TrainConfig
 from hf_model.predict import class_probabilities, load_for_inference
+from hf_model.temperature import expected_calibration_error_of_totals
 
 logger = logging.getLogger("hf_model")
 
@@ -55,9 +56,12 @@ def cross_validate(run: RunFn, cfg: TrainConfig, args: TrainingArguments, comman
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / CV_RESULTS_JSON, {"command": command, "folds": cfg.cv_folds, **summary})
     acc, f1 = summary["accuracy"], summary["f1_macro"]
+    top5 = summary.get("top5_accuracy")
     print(f"{cfg.cv_folds}-fold cross-validation over {summary['photos']} photos: accuracy {acc['mean']:.3f} ± "
-          f"{acc['std']:.3f}, macro-F1 {f1['mean']:.3f} ± {f1['std']:.3f} (results in {root / CV_RESULTS_JSON})",
-          flush=True)
+          f"{acc['std']:.3f}, macro-F1 {f1['mean']:.3f} ± {f1['std']:.3f}"
+          + (f", top-5 {top5['mean']:.3f} ± {top5['std']:.3f}" if top5 else "")
+          + (f", calibration error (ECE, all photos) {summary['ece_all_photos']:.3f}" if "ece_all_photos" in summary
+             else "") + f" (results in {root / CV_RESULTS_JSON})", flush=True)
     return summary
 
 
@@ -70,6 +74,8 @@ def summarize_folds(per_fold: list[dict]) -> dict:
                                          "std": float(np.std([m[k] for m in flat])),
                                          "folds": [m[k] for m in flat]} for k in keys}
     summary["photos"] = sum(m["test_samples"] for m in flat)
+    if all("test_calibration_bins" in m for m in per_fold):  # every fold's test photos at once, not a mean of folds
+        summary["ece_all_photos"] = expected_calibration_error_of_totals([m["test_calibration_bins"] for m in per_fold])
     return summary
 
 
@@ -88,7 +94,8 @@ def teach(run: RunFn, cfg: TrainConfig, args: TrainingArguments, data: DatasetDi
                          "(a bedroom folder's photos without a label are used)")
     teacher_dir = Path(args.output_dir) / TEACHER_DIR
     logger.info("self-training: training the teacher in %s", teacher_dir)
-    run(dataclasses.replace(cfg, pseudo_label_threshold=0.0),
+    # no refit: a teacher that learned from the test photos would pass their labels on through its pseudo-labels
+    run(dataclasses.replace(cfg, pseudo_label_threshold=0.0, refit=False),
         dataclasses.replace(args, output_dir=str(teacher_dir), push_to_hub=False), command, cv_fold)
     names = data["train"].features["label"].names
     shares = np.bincount(data["train"]["label"], minlength=len(names))

@@ -41,6 +41,7 @@ DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
 INNER_FOLDS = 5
 ABSENT_CLASS_LOGIT = -1e4  # a class with no training photo: probability 0, whatever the photo
 MAX_ITER = 500
+COSINE_SCALE = 16.0  # logits of the ncm head: this times the cosine to each class mean
 
 
 @dataclass
@@ -163,8 +164,9 @@ def fit_ncm(features: np.ndarray, labels: np.ndarray, n_classes: int) -> LinearH
     """Cosine nearest class mean as a linear layer: row ``c`` is the unit mean direction of class ``c``.
 
     ``argmax(features @ weight.T)`` is exactly the nearest class mean by cosine (the photo's own norm
-    scales every class alike). The rows are divided by the features' mean norm so that logits are
-    cosines on a typical photo; temperature scaling then sets how sharp the probabilities are.
+    scales every class alike). The rows are divided by the features' mean norm, so that logits are
+    :data:`COSINE_SCALE` times the cosines on a typical photo (cosine classifiers' usual scale; raw cosines
+    in [-1, 1] would give near-uniform probabilities); temperature scaling then sets how sharp they are.
     """
     flat = features.reshape(-1, features.shape[-1])
     unit = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
@@ -175,7 +177,7 @@ def fit_ncm(features: np.ndarray, labels: np.ndarray, n_classes: int) -> LinearH
         mean = unit[row_labels == c].mean(axis=0)
         weight[c] = mean / max(np.linalg.norm(mean), 1e-12)
         bias[c] = 0.0
-    return LinearHead(weight / float(np.linalg.norm(flat, axis=1).mean()), bias)
+    return LinearHead(weight * COSINE_SCALE / float(np.linalg.norm(flat, axis=1).mean()), bias)
 
 
 def _fit_logistic_once(features: np.ndarray, labels: np.ndarray, n_classes: int, C: float,

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 
 from hf_model.atomic import atomic_write
 from hf_model.config import RunRecord, load_run_config
-from hf_model.data import DataError, load_data
+from hf_model.data import HAND_LABELED_SPLITS, DataError, load_data
 from hf_model.features import photo_digests
 from hf_model.flags import whole_number
 from hf_model.heads import INNER_FOLDS, LinearHead, fit_head, inner_folds, out_of_fold_logits
@@ -44,7 +44,6 @@ logger = logging.getLogger("hf_model")
 
 LABEL_ISSUES_CSV = "label_issues.csv"
 LABEL_ISSUES_PNG = "label_issues.png"
-LABELED_SPLITS = ("train", "validation", "test")
 CSV_COLUMNS = ("rank", "file", "split", "index", "given_label", "suggested_label", "p_given", "p_suggested")
 DEFAULT_TOP = 12  # photos on the contact sheet: three rows of four
 CLASSES_LISTED = 12  # the summary line counts flags per class up to this many classes, the most flagged first
@@ -134,7 +133,7 @@ def load_labeled_photos(record: RunRecord, run_dir: str | Path, data_dir: str | 
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err}: {run_dir} was trained on photos that are not there now; pass --data_dir "
                                 "with where they are") from err
-    splits = [name for name in LABELED_SPLITS if name in data]
+    splits = [name for name in HAND_LABELED_SPLITS if name in data]
     sizes = {name: len(data[name]) for name in splits}
     recorded = {name: record.split_sizes[name] for name in splits if name in record.split_sizes}
     if recorded and recorded != sizes:

@@ -98,7 +98,7 @@ def split_metrics(view_probs: np.ndarray, references, label_names: list[str]) ->
     """
     from sklearn.metrics import log_loss
 
-    from hf_model.temperature import expected_calibration_error
+    from hf_model.temperature import bin_totals, expected_calibration_error
 
     probs = view_probs.mean(axis=0)
     refs = np.asarray(references)
@@ -107,6 +107,7 @@ def split_metrics(view_probs: np.ndarray, references, label_names: list[str]) ->
     out = {f"test_{k}": v for k, v in metrics.items()}
     out["test_loss"] = float(log_loss(refs, probs, labels=np.arange(len(label_names))))
     out["test_ece"] = expected_calibration_error(probs, refs)
+    out["test_calibration_bins"] = bin_totals(probs, refs)  # cross-validation adds them up: the ECE over every photo
     if len(view_probs) > 1:
         out["test_accuracy_without_tta"] = float((view_probs[0].argmax(1) == refs).mean())
     out["test_samples"] = len(refs)

@@ -38,7 +38,7 @@ from hf_model.backbones import (
     weights_version,
 )
 from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args
-from hf_model.data import DataError, load_data, training_photos
+from hf_model.data import HAND_LABELED_SPLITS, DataError, load_data, training_photos
 from hf_model.experiments import cross_validate, teach
 from hf_model.features import HeadModel, cache_key, extract_features, features_dataset, photo_digests
 from hf_model.freezing import set_trainable
@@ -101,7 +101,8 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         set_seed(args.seed)  # the student starts from the same seed as a run without a teacher
 
     trainer, eval_transform, chosen = fine_tune(cfg, args, data, plan.resume_from)
-    if cfg.refit and cv_fold is not None:  # the fold's test photos score a model that learned from all the others
+    if cfg.refit and cv_fold is not None and not fits_on_validation(cfg):
+        # the fold's test photos score a model that learned from all the others
         trainer = refit(cfg, args, refit_data(data, with_test=False), chosen)
 
     views = view_probabilities(trainer.model, eval_transform, data["test"]["image"], tta=cfg.tta,
@@ -138,8 +139,11 @@ def choose_recipe(cfg: TrainConfig, data: DatasetDict) -> TrainConfig:
     than the head on the frozen backbone in cross-validation (README, Results) and costs far more.
     """
     if cfg.unfreeze_top_blocks is not None:
+        what = f"the {cfg.head} head alone on the frozen backbone" if cfg.unfreeze_top_blocks == 0 else \
+            f"the {cfg.head} head, then fine-tuning the top blocks"
+        logger.info("recipe: %s (--unfreeze_top_blocks %d, as given)", what, cfg.unfreeze_top_blocks)
         return cfg
-    labels = np.concatenate([np.asarray(data[split]["label"], dtype=int) for split in ("train", "validation", "test")])
+    labels = np.concatenate([np.asarray(data[split]["label"], dtype=int) for split in HAND_LABELED_SPLITS])
     median = float(np.median(np.bincount(labels)))
     if median < MANY_PHOTOS:
         logger.info("recipe: the %s head alone on the frozen backbone (--unfreeze_top_blocks 0), because the median "
@@ -185,7 +189,8 @@ def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict,
     head_only = cfg.unfreeze_top_blocks == 0
     chosen, stage1, held_out = Chosen(), None, None
     if (head_only or cfg.stages == 2) and not resume_from:  # a stage-2 checkpoint already holds the trained head
-        fit = train_head(cfg, args, setup, train_split, data["validation"], loss, curves, fit_validation=head_only)
+        fit = train_head(cfg, args, setup, train_split, data["validation"], loss, curves,
+                         fit_validation=fits_on_validation(cfg))
         chosen = Chosen(head_C=fit.C, head_epochs=fit.epochs)
         stage1, held_out = (fit.best_metric, copy.deepcopy(model.state_dict())), fit.held_out
     trainer = blocks_trainer(cfg, args, setup, train_split, data["validation"], loss, curves)
@@ -231,6 +236,12 @@ def refit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, chosen: 
         fold_temperature(adapter_for(setup.model).classifier(setup.model), chosen.temperature)
     save_final_model(trainer)
     return trainer
+
+
+def fits_on_validation(cfg: TrainConfig) -> bool:
+    """Whether the model learns from the validation photos from the start: a closed-form head alone chooses by its
+    own inner cross-validation, so validation photos are better used to learn from."""
+    return cfg.unfreeze_top_blocks == 0 and cfg.head != "sgd"
 
 
 def refit_data(data: DatasetDict, with_test: bool) -> DatasetDict:
