@@ -69,10 +69,11 @@ def summarize_folds(per_fold: list[dict]) -> dict:
     """``{metric: {"mean", "std", "folds"}}`` over the folds' ``test_*`` scalars, per-class F1 included."""
     flat = [{**m, **{f"test_f1_{name}": row["f1"] for name, row in m.get("test_per_class", {}).items()}}
             for m in per_fold]
-    keys = [k for k, v in flat[0].items() if isinstance(v, float)]
-    summary = {k.removeprefix("test_"): {"mean": float(np.mean([m[k] for m in flat])),
-                                         "std": float(np.std([m[k] for m in flat])),
-                                         "folds": [m[k] for m in flat]} for k in keys}
+    # a metric some folds lack (ROC AUC of a fold testing one class) is summarized over the folds that have it
+    keys = list(dict.fromkeys(k for m in flat for k, v in m.items() if isinstance(v, float)))
+    summary = {k.removeprefix("test_"): {"mean": float(np.mean([m[k] for m in flat if k in m])),
+                                         "std": float(np.std([m[k] for m in flat if k in m])),
+                                         "folds": [m[k] for m in flat if k in m]} for k in keys}
     summary["photos"] = sum(m["test_samples"] for m in flat)
     if all("test_calibration_bins" in m for m in per_fold):  # every fold's test photos at once, not a mean of folds
         summary["ece_all_photos"] = expected_calibration_error_of_totals([m["test_calibration_bins"] for m in per_fold])

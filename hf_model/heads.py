@@ -94,9 +94,9 @@ def fit_head(name: str, features: np.ndarray, labels: np.ndarray, n_classes: int
     if name == "ncm":
         head = fit_ncm(features, labels, n_classes)
         folds = inner_folds(labels, groups, INNER_FOLDS, seed) if C is None else []
-        if folds:  # held-out logits for the temperature, as the logistic head has
+        scored = held_out_photos(folds, labels)
+        if len(scored):  # held-out logits for the temperature, as the logistic head has
             logits = out_of_fold_logits(lambda f, y: fit_ncm(f, y, n_classes), features, labels, n_classes, folds)
-            scored = np.concatenate([held for _, held in folds])
             head.held_out_logits, head.held_out_labels = logits[scored], labels[scored]
         return head
     raise ValueError(f"no closed-form fit for head {name!r}; choose from 'logistic', 'ncm'")
@@ -115,12 +115,12 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int, *, gr
     """
     labels = np.asarray(labels)
     folds = inner_folds(labels, groups, n_folds, seed)
-    if not folds:
+    scored = held_out_photos(folds, labels)
+    if not len(scored):
         logger.info("logistic head: too few photos per class for inner cross-validation; C=%g", Cs[len(Cs) // 2])
         return _fit_logistic_once(features, labels, n_classes, Cs[len(Cs) // 2], class_weight)
     held_out = {C: out_of_fold_logits(partial(_fit_logistic_once, n_classes=n_classes, C=C, class_weight=class_weight),
                                       features, labels, n_classes, folds) for C in Cs}
-    scored = np.concatenate([held for _, held in folds])
     losses = {C: _log_loss(logits[scored], labels[scored]) for C, logits in held_out.items()}
     best = min(Cs, key=lambda C: losses[C])
     logger.info("logistic head: inner %d-fold log-loss by C: %s; chosen C=%g", len(folds),
@@ -144,6 +144,16 @@ def inner_folds(labels: np.ndarray, groups: np.ndarray | None, n_folds: int, see
     with warnings.catch_warnings():  # "the least populated class has only 1 member": it is held out once
         warnings.simplefilter("ignore", UserWarning)
         return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, labels, groups))
+
+
+def held_out_photos(folds: list[tuple[np.ndarray, np.ndarray]], labels: np.ndarray) -> np.ndarray:
+    """The held-out photos whose class has a photo in their fold's training part: real predictions to score.
+
+    A class's only photo, held out, leaves nothing of its class to learn from: its logits say nothing about
+    how sure the head is, and would drive ``C`` and the temperature to extremes.
+    """
+    kept = [held[np.isin(labels[held], labels[train])] for train, held in folds]
+    return np.sort(np.concatenate(kept)) if kept else np.array([], dtype=int)
 
 
 def out_of_fold_logits(fit: Callable[[np.ndarray, np.ndarray], LinearHead], features: np.ndarray,
@@ -184,6 +194,11 @@ def _fit_logistic_once(features: np.ndarray, labels: np.ndarray, n_classes: int,
                        class_weight: str | None = None) -> LinearHead:
     """One L-BFGS fit on every view (rows), standardization folded into the weights; absent classes never win."""
     n, views, dim = features.shape
+    weight = np.zeros((n_classes, dim), dtype=np.float32)
+    bias = np.full(n_classes, ABSENT_CLASS_LOGIT, dtype=np.float32)
+    if len(np.unique(labels)) == 1:  # one class to learn from (scikit-learn needs two): it always wins
+        bias[labels[0]] = 0.0
+        return LinearHead(weight, bias, C=C)
     rows, row_labels = features.reshape(n * views, dim), np.repeat(labels, views)
     scaler = StandardScaler().fit(rows)
     model = LogisticRegression(C=C, max_iter=MAX_ITER, class_weight=class_weight)
@@ -193,8 +208,6 @@ def _fit_logistic_once(features: np.ndarray, labels: np.ndarray, n_classes: int,
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: softmax([-z/2, z/2]) = sigmoid(z)
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-    weight = np.zeros((n_classes, dim), dtype=np.float32)
-    bias = np.full(n_classes, ABSENT_CLASS_LOGIT, dtype=np.float32)
     weight[model.classes_] = coef / scaler.scale_
     bias[model.classes_] = intercept - (coef / scaler.scale_) @ scaler.mean_
     return LinearHead(weight, bias, C=C)

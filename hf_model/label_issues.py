@@ -240,8 +240,9 @@ def draw_label_issues(issues: LabelIssues, top: int = DEFAULT_TOP) -> Figure:
     if not len(shown):
         fig.suptitle("No photo flagged as likely mislabeled")
         return fig
-    fig.suptitle(f"The {len(shown)} photos most likely mislabeled ({len(issues.ranked)} flagged by cleanlab): "
-                 "given label → suggested, out-of-fold probabilities")
+    title = (f"The {len(shown)} photos most likely mislabeled ({len(issues.ranked)} flagged by cleanlab): "
+             "given label → suggested, out-of-fold probabilities")
+    fig.suptitle(textwrap.fill(title, width=int(11 * fig.get_figwidth())))  # one photo wide: several lines
     for rank, (ax, g, s, pg, ps) in enumerate(zip(fig.axes, given_names, suggested_names, p_given, p_suggested), 1):
         ax.set_title(f"{rank}. {_short(g)} → {_short(s)}\np(given) {pg:.2f}, p(suggested) {ps:.2f}", fontsize=9)
     return fig
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, RunFolderError, DataError) as err:  # the user's folder or photos: one line
         raise SystemExit(f"hf-model label-issues: {err}") from None
     csv_path, png_path = write_label_issues(issues, output_dir, args.top)
+    shown = (f"the first {min(args.top, len(issues.ranked))} shown in {png_path}" if len(issues.ranked)
+             else f"nothing to show in {png_path}")
     print(f"{len(issues.ranked)} of {len(issues.labels)} labeled photos flagged as likely mislabeled "
-          f"({issues.per_class()}): ranked in {csv_path}, the first {min(args.top, len(issues.ranked))} shown in "
-          f"{png_path}. No label was changed.", flush=True)
+          f"({issues.per_class()}): ranked in {csv_path}, {shown}. No label was changed.", flush=True)

@@ -106,7 +106,8 @@ def metrics_line(metrics: dict) -> str:
     for key in ("test_roc_auc", f"test_top{TOP_K}_accuracy"):
         if key in metrics:
             parts.append(f"{key.removeprefix('test_').replace('_', '-')} {metrics[key]:.3f}")
-    return ", ".join(parts) + f" on {metrics['test_samples']} test photos"
+    n = metrics["test_samples"]
+    return ", ".join(parts) + f" on {n} test photo{'s' if n != 1 else ''}"
 
 
 class LearningCurvesCallback(TrainerCallback):
@@ -396,7 +397,8 @@ def write_run_card(output_dir: str | Path, record: RunRecord | None, metrics: di
     hub_dataset = dataset if dataset and not Path(dataset).exists() else None  # a local folder is no Hub link
     return write_model_card(
         output_dir, base_model=base_model_id(record.config.backbone), dataset=hub_dataset, metrics=metrics,
-        command=record.command, hyperparameters=card_hyperparameters(record), label_names=label_names, plots=plots,
+        command=record.command, hyperparameters=card_hyperparameters(record, metrics.get("chosen")),
+        label_names=label_names, plots=plots,
         label_source=record.label_source, split_sizes=record.split_sizes, model_id=model_id, model_name=model_name,
         provenance=provenance(record, metrics))
 
@@ -411,7 +413,8 @@ def provenance(record: RunRecord, metrics: dict) -> str:
     elif _refit_photos(record) and sizes.get("test"):
         notes.append(f"**Where these figures come from.** The {sizes['test']} test photos scored the model fitted on "
                      f"the train and validation photos; the model in this repository was then refit on all "
-                     f"{_refit_photos(record)} labeled photos with the settings validation chose, so it has seen the "
+                     f"{_refit_photos(record)} labeled photos with the settings chosen on held-out photos, so it has "
+                     "seen the "
                      "test photos too. The figures describe the recipe; for figures over every photo, "
                      "cross-validate it (`--cv_folds 5`).")
     report = (metrics.get("chosen") or {}).get("temperature_report")
@@ -433,16 +436,31 @@ def _refit_photos(record: RunRecord) -> int | None:
                                                                            "pseudo_labeled")) or None
 
 
-def card_hyperparameters(record: RunRecord) -> dict:
-    """The card's hyperparameter table: the main ``TrainingArguments`` and the recipe (not the data paths)."""
+# Settings only a Trainer stage uses: a card of the closed-form head alone leaves them out
+TRAINER_SETTINGS = ("learning_rate", "epochs", "batch_size", "weight_decay", "lr_scheduler", "stages",
+                    "freeze_batchnorm", "head_learning_rate", "head_epochs", "head_patience", "head_dropout",
+                    "early_stopping_patience", "resume")
+
+
+def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
+    """The card's hyperparameter table: the main ``TrainingArguments``, the recipe (not the data paths), and what
+    held-out photos chose (``chosen``: the logistic head's ``C``, the temperature)."""
     args = record.training_args
-    return {"seed": args.seed, "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
-            "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
-            "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
-            "image_size": record.image_size,
-            **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
-            **{k: v for k, v in dataclasses.asdict(record.config).items()
-               if k not in ("data_dir", "dataset", "preset", "cache_dir")}}
+    table = {"seed": args.seed, "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
+             "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
+             "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
+             "image_size": record.image_size,
+             **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
+             **{k: v for k, v in dataclasses.asdict(record.config).items()
+                if k not in ("data_dir", "dataset", "preset", "cache_dir")}}
+    chosen = chosen or {}
+    if chosen.get("head_C") is not None:
+        table["head_C"] = chosen["head_C"]  # the L2 strength inner cross-validation chose
+    if chosen.get("temperature_report"):
+        table["temperature"] = round(chosen["temperature"], 4)
+    if record.config.unfreeze_top_blocks == 0 and record.config.head != "sgd":
+        table = {k: v for k, v in table.items() if k not in TRAINER_SETTINGS}
+    return table
 
 
 def eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
@@ -476,8 +494,8 @@ def per_class_table(per_class: dict[str, dict], limit: int = MAX_CARD_CLASSES) -
         names = sorted(names, key=lambda name: (per_class[name]["f1"], -per_class[name]["support"]))[:limit]
         note = (f"\n\nShowing the {limit} classes with the lowest F1; {len(per_class) - limit} more are "
                 "omitted here and listed in `all_results.json` (`test_per_class`).")
-    rows = [[name, *(f"{per_class[name][k]:.3f}" for k in ("precision", "recall", "f1")), per_class[name]["support"]]
-            for name in names]
+    rows = [[name, *(f"{per_class[name][k]:.3f}" if per_class[name]["support"] else "—"  # untested: no score
+                     for k in ("precision", "recall", "f1")), per_class[name]["support"]] for name in names]
     return _table(["class", "precision", "recall", "F1", "photos"], rows) + note
 
 

@@ -48,10 +48,11 @@ from hf_model.metrics import build_compute_metrics, softmax, split_metrics
 from hf_model.predict import view_probabilities
 from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
 from hf_model.run_folder import STAGING_DIR, RunFolderError, move_into, plan_run, save_results
-from hf_model.temperature import calibrate_logits, expected_calibration_error, fold_temperature
+from hf_model.temperature import TEMPERATURE_RANGE, calibrate_logits, expected_calibration_error, fold_temperature
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
+MIN_HELD_OUT = 30  # held-out predictions needed to fit a temperature: fewer fit noise, and T runs to an extreme
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,9 +140,11 @@ def choose_recipe(cfg: TrainConfig, data: DatasetDict) -> TrainConfig:
     than the head on the frozen backbone in cross-validation (README, Results) and costs far more.
     """
     if cfg.unfreeze_top_blocks is not None:
-        what = f"the {cfg.head} head alone on the frozen backbone" if cfg.unfreeze_top_blocks == 0 else \
-            f"the {cfg.head} head, then fine-tuning the top blocks"
-        logger.info("recipe: %s (--unfreeze_top_blocks %d, as given)", what, cfg.unfreeze_top_blocks)
+        what = (f"the {cfg.head} head alone on the frozen backbone" if cfg.unfreeze_top_blocks == 0
+                else f"the {cfg.head} head, then fine-tuning the top blocks" if cfg.stages == 2
+                else "fine-tuning the top blocks and a new head in one stage")
+        logger.info("recipe: %s (--unfreeze_top_blocks %d, from the preset or the command line)", what,
+                    cfg.unfreeze_top_blocks)
         return cfg
     labels = np.concatenate([np.asarray(data[split]["label"], dtype=int) for split in HAND_LABELED_SPLITS])
     median = float(np.median(np.bincount(labels)))
@@ -226,7 +229,8 @@ def refit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, chosen: 
     loss = cross_entropy_loss(_class_weights(cfg, photos), args.label_smoothing_factor)
     args = dataclasses.replace(args, label_smoothing_factor=0.0, eval_strategy="no", save_strategy="no",
                                load_best_model_at_end=False)
-    logger.info("refit: training the saved model once more on all %d labeled photos it may learn from", len(photos))
+    logger.info("refit: training the saved model once more on all %d labeled photos it may learn from",
+                len(data["train"]) + len(data.get("pseudo_labeled", [])))
     if cfg.unfreeze_top_blocks == 0 or cfg.stages == 2:
         train_head(cfg, args, setup, photos, None, loss, fixed=chosen)
     trainer = blocks_trainer(cfg, args, setup, photos, None, loss, epochs=chosen.stage2_epochs)
@@ -280,7 +284,8 @@ def calibrate(model: nn.Module, eval_transform: Callable, validation: Dataset,
     """Temperature scaling (:mod:`hf_model.temperature`) folded into the classifier layer; returns T and its report.
 
     Fitted on ``held_out`` (logits, labels) when the head brings them (its inner cross-validation), else on
-    the validation photos' predictions. With neither, the probabilities stay as they are (T = 1).
+    the validation photos' predictions. With neither, with fewer than :data:`MIN_HELD_OUT`, or when the fit
+    runs to the end of its range (held-out predictions all right), the probabilities stay as they are (T = 1).
     """
     if held_out is None:
         if not len(validation):
@@ -288,7 +293,16 @@ def calibrate(model: nn.Module, eval_transform: Callable, validation: Dataset,
             return 1.0, None
         probs = view_probabilities(model, eval_transform, validation["image"], batch_size=batch_size)[0]
         held_out = (np.log(np.clip(probs, 1e-30, None)), np.asarray(validation["label"]))  # log p = logits + const
+    if len(held_out[1]) < MIN_HELD_OUT:
+        logger.warning("only %d held-out predictions: too few to fit a temperature on (at least %d), so the "
+                       "probabilities are not calibrated", len(held_out[1]), MIN_HELD_OUT)
+        return 1.0, None
     report = calibrate_logits(*held_out)
+    if not TEMPERATURE_RANGE[0] < report.temperature < TEMPERATURE_RANGE[1]:
+        logger.warning("the temperature fitted on %d held-out predictions hit the end of its range (T = %.3f): the "
+                       "held-out predictions are all right (or all wrong), so they cannot say how sure to be; the "
+                       "probabilities are not calibrated", report.n, report.temperature)
+        return 1.0, None
     fold_temperature(adapter_for(model).classifier(model), report.temperature)
     logger.info("temperature scaling on %d held-out predictions: T = %.3f, expected calibration error %.3f -> %.3f",
                 report.n, report.temperature, report.ece_before, report.ece_after)
@@ -385,9 +399,15 @@ def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, tra
     classifier = adapter_for(setup.model).classifier(setup.model)
     if cfg.head != "sgd":
         return fit_closed_form_head(cfg, args, setup, train_split, validation, classifier, fit_validation, fixed)
+    epochs = cfg.head_epochs
+    if fixed and fixed.head_epochs:
+        epochs = fixed.head_epochs
+    elif fixed:  # a resumed run skipped stage 1, so nothing chose its epochs
+        logger.warning("refit: the head's epochs were not chosen in this run (it resumed after stage 1): training "
+                       "it for --head_epochs %d", cfg.head_epochs)
     stage_args = dataclasses.replace(
         args, output_dir=str(Path(args.output_dir) / "stage1"), learning_rate=cfg.head_learning_rate,
-        num_train_epochs=fixed.head_epochs if fixed else cfg.head_epochs, max_steps=-1, save_total_limit=1)
+        num_train_epochs=epochs, max_steps=-1, save_total_limit=1)
     callbacks = [*([EarlyStoppingCallback(early_stopping_patience=cfg.head_patience)] if validation else []),
                  *([curves] if curves else [])]
     compute_metrics = build_compute_metrics(train_split.features["label"].names) if validation else None
