@@ -47,11 +47,14 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--heads", nargs="+", default=["logistic", "ncm", "sgd"])
     parser.add_argument("--views", type=int, nargs="+", default=[1, 4, 8], help="feature views per photo to compare")
+    parser.add_argument("--cached_views", type=int, default=None,
+                        help="compute (or read) this many views per photo, more than --views uses (default: max)")
     parser.add_argument("--tta", action="store_true", help="also score the plain + mirrored test view")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     cli, train_flags = parser.parse_known_args()  # any other train.py flag, e.g. --zoom 0.9 --rotation 5
     argv = [*train_flags, "--preset", cli.preset, "--data_dir", cli.data_dir,
-            "--output_dir", tempfile.mkdtemp(prefix="heads-"), "--feature_views", str(max(cli.views)),
+            "--output_dir", tempfile.mkdtemp(prefix="heads-"),
+            "--feature_views", str(cli.cached_views or max(cli.views)),
             "--disable_tqdm", "true", "--cv_folds", str(cli.folds)]
     argv += ["--backbone", cli.backbone] if cli.backbone else []
     argv += ["--image_size", str(cli.image_size)] if cli.image_size else []
@@ -62,9 +65,10 @@ def main() -> None:
     cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / setup.feature_key
     everything = concatenate_datasets([folds[0][s] for s in ("train", "validation", "test")])
     started = time.time()
-    views = [setup.eval_transform] + [setup.train_transform] * (max(cli.views) - 1)
+    n_cached = cli.cached_views or max(cli.views)
+    views = [setup.eval_transform] + [setup.train_transform] * (n_cached - 1)
     features = dict(zip(photo_digests(everything),
-                        extract_features(setup.model, everything, views, cache / f"views{max(cli.views)}")))
+                        extract_features(setup.model, everything, views, cache / f"views{n_cached}")))
     mirror = test_time_views(True)[1]
     mirrored = dict(zip(photo_digests(everything), extract_features(
         setup.model, everything, [lambda image: setup.eval_transform(mirror(image))], cache / "eval-mirrored")[:, 0]))

@@ -21,6 +21,7 @@ model's ``nn.Linear`` classifier, so ``pipeline("image-classification")`` loads 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,12 +120,13 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int, *, gr
     if not len(scored):
         logger.info("logistic head: too few photos per class for inner cross-validation; C=%g", Cs[len(Cs) // 2])
         return _fit_logistic_once(features, labels, n_classes, Cs[len(Cs) // 2], class_weight)
+    started = time.perf_counter()
     held_out = {C: out_of_fold_logits(partial(_fit_logistic_once, n_classes=n_classes, C=C, class_weight=class_weight),
                                       features, labels, n_classes, folds) for C in Cs}
     losses = {C: _log_loss(logits[scored], labels[scored]) for C, logits in held_out.items()}
     best = min(Cs, key=lambda C: losses[C])
-    logger.info("logistic head: inner %d-fold log-loss by C: %s; chosen C=%g", len(folds),
-                ", ".join(f"{C:g}: {loss:.3f}" for C, loss in losses.items()), best)
+    logger.info("logistic head: inner %d-fold log-loss by C: %s; chosen C=%g (%.0f s)", len(folds),
+                ", ".join(f"{C:g}: {loss:.3f}" for C, loss in losses.items()), best, time.perf_counter() - started)
     head = _fit_logistic_once(features, labels, n_classes, best, class_weight)
     head.held_out_logits, head.held_out_labels = held_out[best][scored], labels[scored]
     return head
