@@ -88,7 +88,7 @@ def main() -> None:
             for n_views in cli.views:
                 t = time.time()
                 if head_name == "sgd":
-                    head = _sgd_head(replace(cfg, head="sgd", feature_views=n_views), args, setup, data)
+                    head = _sgd_head(replace(cfg, head="sgd", feature_views=n_views), args, data)
                 else:
                     head = fit_head(head_name, train_x[:, :n_views], labels, len(names), seed=args.seed)
                 seconds = time.time() - t
@@ -132,10 +132,14 @@ def _milliseconds_per_photo(setup, photos, n: int = 20) -> float:
     return 1000 * float(np.median(times))
 
 
-def _sgd_head(cfg, args, setup, data):
-    """The ``Trainer`` head (early stopping on the fold's validation photos), as a LinearHead."""
+def _sgd_head(cfg, args, data):
+    """The ``Trainer`` head (early stopping on the fold's validation photos), as a LinearHead.
+
+    A fresh model each fold: a head that starts where the last fold's ended has seen this fold's test photos.
+    """
     from hf_model.heads import LinearHead
 
+    setup = setup_model(cfg, data["train"].features["label"].names)
     train_head(cfg, args, setup, data["train"], data["validation"], cross_entropy_loss(None))
     layer = adapter_for(setup.model).classifier(setup.model)
     return LinearHead(layer.weight.detach().numpy().copy(), layer.bias.detach().numpy().copy())

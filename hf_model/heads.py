@@ -38,7 +38,8 @@ from torch import nn
 logger = logging.getLogger("hf_model")
 
 # Inverse L2 strengths tried (scikit-learn's C, on standardized features; every view of a photo is a row)
-DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1)  # extended 10x at a time while the largest is best, up to MAX_C
+MAX_C = 100.0
 INNER_FOLDS = 5
 ABSENT_CLASS_LOGIT = -1e4  # a class with no training photo: probability 0, whatever the photo
 MAX_ITER = 500
@@ -110,9 +111,10 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int, *, gr
 
     ``features`` is (photos, views, dim) with the plain view first; ``groups`` (photos,) keeps
     repeated photos (oversampling) in one inner fold. Each ``C`` is scored by the log-loss of the
-    held-out photos' plain view (a proper score, smoother than accuracy on a few photos); the
-    chosen one is refitted on all photos. With one photo per class there is nothing to hold out, and
-    the middle ``C`` is used.
+    held-out photos' plain view (a proper score, smoother than accuracy on a few photos); while the
+    largest ``C`` tried scores best, a 10x larger one is tried too (up to :data:`MAX_C`: many classes
+    with a few photos each want little regularization). The chosen one is refitted on all photos. With
+    one photo per class there is nothing to hold out, and the middle ``C`` is used.
     """
     labels = np.asarray(labels)
     folds = inner_folds(labels, groups, n_folds, seed)
@@ -121,10 +123,20 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int, *, gr
         logger.info("logistic head: too few photos per class for inner cross-validation; C=%g", Cs[len(Cs) // 2])
         return _fit_logistic_once(features, labels, n_classes, Cs[len(Cs) // 2], class_weight)
     started = time.perf_counter()
-    held_out = {C: out_of_fold_logits(partial(_fit_logistic_once, n_classes=n_classes, C=C, class_weight=class_weight),
-                                      features, labels, n_classes, folds) for C in Cs}
-    losses = {C: _log_loss(logits[scored], labels[scored]) for C, logits in held_out.items()}
-    best = min(Cs, key=lambda C: losses[C])
+    held_out: dict[float, np.ndarray] = {}
+    losses: dict[float, float] = {}
+    Cs = list(Cs)
+    while Cs:
+        C = Cs.pop(0)
+        held_out[C] = out_of_fold_logits(partial(_fit_logistic_once, n_classes=n_classes, C=C,
+                                                 class_weight=class_weight), features, labels, n_classes, folds)
+        losses[C] = _log_loss(held_out[C][scored], labels[scored])
+        if not Cs and min(losses, key=losses.get) == C and C < MAX_C:  # still improving at the top: try 10x weaker L2
+            Cs.append(C * 10)
+    best = min(losses, key=losses.get)
+    if best == max(losses) and best >= MAX_C:
+        logger.warning("logistic head: the chosen C=%g is the weakest L2 tried: the features separate the training "
+                       "photos easily, and held-out photos still prefer less regularization", best)
     logger.info("logistic head: inner %d-fold log-loss by C: %s; chosen C=%g (%.0f s)", len(folds),
                 ", ".join(f"{C:g}: {loss:.3f}" for C, loss in losses.items()), best, time.perf_counter() - started)
     head = _fit_logistic_once(features, labels, n_classes, best, class_weight)

@@ -452,7 +452,7 @@ def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
              "image_size": record.image_size,
              **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
              **{k: v for k, v in dataclasses.asdict(record.config).items()
-                if k not in ("data_dir", "dataset", "preset", "cache_dir")}}
+                if k not in ("data_dir", "dataset", "preset", "cache_dir", "image_size")}}  # the size trained at
     chosen = chosen or {}
     if chosen.get("head_C") is not None:
         table["head_C"] = chosen["head_C"]  # the L2 strength inner cross-validation chose
