@@ -35,6 +35,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
+from hf_model.temperature import negative_log_likelihood
+
 logger = logging.getLogger("hf_model")
 
 # Inverse L2 strengths tried (scikit-learn's C, on standardized features; every view of a photo is a row)
@@ -130,7 +132,7 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, n_classes: int, *, gr
         C = Cs.pop(0)
         held_out[C] = out_of_fold_logits(partial(_fit_logistic_once, n_classes=n_classes, C=C,
                                                  class_weight=class_weight), features, labels, n_classes, folds)
-        losses[C] = _log_loss(held_out[C][scored], labels[scored])
+        losses[C] = negative_log_likelihood(held_out[C][scored], labels[scored])
         if not Cs and min(losses, key=losses.get) == C and C < MAX_C:  # still improving at the top: try 10x weaker L2
             Cs.append(C * 10)
     best = min(losses, key=losses.get)
@@ -226,8 +228,3 @@ def _fit_logistic_once(features: np.ndarray, labels: np.ndarray, n_classes: int,
     bias[model.classes_] = intercept - (coef / scaler.scale_) @ scaler.mean_
     return LinearHead(weight, bias, C=C)
 
-
-def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.special import log_softmax
-
-    return float(-log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(labels)), labels].mean())

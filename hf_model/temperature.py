@@ -79,8 +79,8 @@ def calibrate_logits(logits: np.ndarray, labels: np.ndarray, n_bins: int = ECE_B
         temperature=temperature,
         ece_before=expected_calibration_error(before, labels, n_bins),
         ece_after=expected_calibration_error(after, labels, n_bins),
-        nll_before=_nll(logits, labels, 1.0),
-        nll_after=_nll(logits, labels, temperature),
+        nll_before=negative_log_likelihood(logits, labels),
+        nll_after=negative_log_likelihood(logits, labels, temperature),
         n=len(labels),
         n_bins=n_bins,
     )
@@ -98,14 +98,18 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """
     logits, labels = _check_logits(logits, labels)
     low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-    result = minimize_scalar(lambda log_t: _nll(logits, labels, math.exp(log_t)), bounds=(low, high),
+    result = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, math.exp(log_t)), bounds=(low, high),
                              method="bounded", options={"xatol": 1e-6})
     return float(math.exp(result.x))
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood in nats of ``softmax(logits / temperature)``."""
-    log_probs = log_softmax(logits / temperature, axis=1)
+def negative_log_likelihood(logits: np.ndarray, labels, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood in nats of ``softmax(logits / temperature)``: the cross-entropy loss.
+
+    ``logits`` (n, k), ``labels`` (n,) class indices; computed in float64 with a stable log-softmax.
+    """
+    labels = np.asarray(labels)
+    log_probs = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 

@@ -48,7 +48,13 @@ from hf_model.metrics import build_compute_metrics, softmax, split_metrics
 from hf_model.predict import view_probabilities
 from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
 from hf_model.run_folder import STAGING_DIR, RunFolderError, move_into, plan_run, save_results
-from hf_model.temperature import TEMPERATURE_RANGE, calibrate_logits, expected_calibration_error, fold_temperature
+from hf_model.temperature import (
+    TEMPERATURE_RANGE,
+    calibrate_logits,
+    expected_calibration_error,
+    fold_temperature,
+    negative_log_likelihood,
+)
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
@@ -108,9 +114,10 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
 
     views = view_probabilities(trainer.model, eval_transform, data["test"]["image"], tta=cfg.tta,
                                batch_size=args.per_device_eval_batch_size)
+    probs = views.mean(axis=0)  # the test-time views averaged: what the figures and plots are of
     if len(data["test"]):
         metrics = split_metrics(views, data["test"]["label"], label_names)
-        metrics["test_ece_unscaled"] = expected_calibration_error(unscaled(views.mean(axis=0), chosen.temperature),
+        metrics["test_ece_unscaled"] = expected_calibration_error(unscaled(probs, chosen.temperature),
                                                                   np.asarray(data["test"]["label"]))
     else:  # too few photos for a test split (data.py warned): the model is saved, untested
         logger.warning("no test photos: the model is trained and saved but not tested")
@@ -122,7 +129,6 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         save_results(args.output_dir, "test", metrics)
         save_results(args.output_dir, "chosen", {"chosen": dataclasses.asdict(chosen)})
         record = dataclasses.replace(record, split_sizes=_split_sizes(data))  # with the pseudo-labeled photos
-        probs = views.mean(axis=0)
         summary = write_reports(args.output_dir, record, {**metrics, "chosen": dataclasses.asdict(chosen)}, probs,
                                 data["test"], time.time() - started, model_id=push_to,
                                 unscaled_probs=unscaled(probs, chosen.temperature) if chosen.temperature_report
@@ -456,7 +462,7 @@ def fit_closed_form_head(cfg: TrainConfig, args: TrainingArguments, setup: Model
         return HeadFit(None, C=head.C, held_out=held_out)
     logits = head.logits(cached_features(cfg, args, setup, validation, 1)[:, 0])
     scores = build_compute_metrics(names)(EvalPrediction(predictions=logits, label_ids=np.asarray(validation["label"])))
-    scores["loss"] = float(loss_of(logits, validation["label"]))
+    scores["loss"] = negative_log_likelihood(logits, validation["label"])  # as Trainer's eval_loss
     best = scores[args.metric_for_best_model.removeprefix("eval_")]
     logger.info("stage 1 (%s head) done: validation %s %.4f", cfg.head, args.metric_for_best_model, best)
     return HeadFit(best, C=head.C, held_out=held_out)
@@ -479,11 +485,6 @@ def best_epoch(state: TrainerState) -> float:
         return state.epoch * state.best_global_step / state.global_step
     return state.epoch
 
-
-def loss_of(logits: np.ndarray, labels) -> float:
-    """Mean cross-entropy of (photos, classes) logits, as ``Trainer`` reports ``eval_loss``."""
-    return float(nn.functional.cross_entropy(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
-                                             torch.as_tensor(np.asarray(labels))))
 
 
 def cross_entropy_loss(class_weights: torch.Tensor | None, label_smoothing: float = 0.0):
