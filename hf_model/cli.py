@@ -11,6 +11,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("hf_model.predict:main", "label photos with a trained model folder or Hub id"),
     "calibrate": ("hf_model.calibration:main", "choose when the model says 'not a bedroom' / 'unsure' (for the Space)"),
     "label-issues": ("hf_model.label_issues:main", "list the labeled photos most likely mislabeled (cleanlab)"),
+    "study": ("hf_model.study:main", "cross-validate a grid of backbones, sizes, imbalance settings and heads; "
+                                     "--learning_curve: would more labels help?"),
+    "tune": ("hf_model.tune:main", "Bayesian hyperparameter search (Optuna); writes best_preset.json for train.py"),
+    "suggest-labels": ("hf_model.suggest:main", "rank unlabeled photos by how much a label would teach the model"),
     "publish": ("hf_model.hub:main", "build and upload a model, dataset or Space repo (hf-model publish --help)"),
 }
 

@@ -192,7 +192,7 @@ def fine_tune(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict,
     label_names = data["train"].features["label"].names
     train_split = training_photos(data, cfg.oversample, args.seed)
     setup = setup_model(cfg, label_names)
-    model, loss = setup.model, cross_entropy_loss(_class_weights(cfg, train_split), args.label_smoothing_factor)
+    model, loss = setup.model, cross_entropy_loss(loss_class_weights(cfg, train_split), args.label_smoothing_factor)
     args = dataclasses.replace(args, label_smoothing_factor=0.0)  # smoothed in our loss, not the Trainer's smoother
     curves = LearningCurvesCallback(args.output_dir)
     head_only = cfg.unfreeze_top_blocks == 0
@@ -232,7 +232,7 @@ def refit(cfg: TrainConfig, args: TrainingArguments, data: DatasetDict, chosen: 
     label_names = data["train"].features["label"].names
     photos = training_photos(data, cfg.oversample, args.seed)
     setup = setup_model(cfg, label_names)
-    loss = cross_entropy_loss(_class_weights(cfg, photos), args.label_smoothing_factor)
+    loss = cross_entropy_loss(loss_class_weights(cfg, photos), args.label_smoothing_factor)
     args = dataclasses.replace(args, label_smoothing_factor=0.0, eval_strategy="no", save_strategy="no",
                                load_best_model_at_end=False)
     logger.info("refit: training the saved model once more on all %d labeled photos it may learn from",
@@ -507,7 +507,8 @@ def cross_entropy_loss(class_weights: torch.Tensor | None, label_smoothing: floa
     return loss
 
 
-def _class_weights(cfg: TrainConfig, photos: Dataset) -> torch.Tensor | None:
+def loss_class_weights(cfg: TrainConfig, photos: Dataset) -> torch.Tensor | None:
+    """``--class_weights auto``: :func:`balanced_class_weights` of ``photos``; ``None`` (unweighted) otherwise."""
     names = photos.features["label"].names
     return balanced_class_weights(photos["label"], len(names)) if cfg.class_weights == "auto" else None
 
