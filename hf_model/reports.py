@@ -140,14 +140,14 @@ class LearningCurvesCallback(TrainerCallback):
 def plot_learning_curves(log_history: list[dict], path: str | Path,
                          stage_boundaries: Sequence[float] | None = None) -> Path:
     """Loss (train + validation) and validation metrics per epoch, stage boundaries dashed."""
-    return _save(draw_learning_curves(log_history, stage_boundaries), path)
+    return save_figure(draw_learning_curves(log_history, stage_boundaries), path)
 
 
 def draw_learning_curves(log_history: list[dict], stage_boundaries: Sequence[float] | None = None) -> Figure:
     series = learning_curve_series(log_history)
     if not series:
         raise ValueError("log_history holds no 'loss' or 'eval_*' entries: was the Trainer logging per epoch?")
-    fig = _figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     panels = fig.subplots(1, 2)
     for ax, keys, title in zip(panels, (LOSS_KEYS, METRIC_KEYS), ("Loss", "Validation metrics"), strict=True):
         for label in keys.values():
@@ -183,15 +183,15 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
                           max_classes: int = 20) -> Path:
     """Row-normalized, annotated matrix; beyond ``max_classes`` classes, a chart of the top confusions."""
     if len(class_names) > max_classes:
-        return _save(draw_top_confusions(matrix, class_names), path)
-    return _save(draw_confusion_matrix(matrix, class_names), path)
+        return save_figure(draw_top_confusions(matrix, class_names), path)
+    return save_figure(draw_confusion_matrix(matrix, class_names), path)
 
 
 def draw_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> Figure:
     counts = np.asarray(matrix)
     shares = normalize_rows(counts)
     n = len(class_names)
-    fig = _figure(max(4.5, 0.55 * n + 2.5), max(4.0, 0.5 * n + 2))
+    fig = new_figure(max(4.5, 0.55 * n + 2.5), max(4.0, 0.5 * n + 2))
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
@@ -209,7 +209,7 @@ def draw_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
 
 def draw_top_confusions(matrix: Sequence[Sequence[int]], class_names: Sequence[str], top: int = 25) -> Figure:
     pairs = top_confusions(matrix, class_names, top)
-    fig = _figure(10, max(2.5, 0.32 * len(pairs) + 1.2))
+    fig = new_figure(10, max(2.5, 0.32 * len(pairs) + 1.2))
     ax = fig.subplots()
     if not pairs:
         ax.text(0.5, 0.5, "no confusions on the test split", ha="center", va="center")
@@ -251,7 +251,7 @@ def plot_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: S
                     pred_probs: Sequence[float], path: str | Path, k: int = 12,
                     losses: Sequence[float] | None = None) -> Path:
     """fastai-style grid of the ``k`` worst mistakes, titled true / predicted / p(predicted)."""
-    return _save(draw_top_losses(images, true_labels, pred_labels, pred_probs, k, losses), path)
+    return save_figure(draw_top_losses(images, true_labels, pred_labels, pred_probs, k, losses), path)
 
 
 def draw_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: Sequence[str],
@@ -259,7 +259,7 @@ def draw_top_losses(images: Sequence, true_labels: Sequence[str], pred_labels: S
     worst = select_top_losses(true_labels, pred_labels, pred_probs, k, losses)
     columns = min(4, max(1, len(worst)))
     rows = max(1, math.ceil(len(worst) / columns))
-    fig = _figure(3.2 * columns, 3.6 * rows + 0.4)
+    fig = new_figure(3.2 * columns, 3.6 * rows + 0.4)
     if not worst:
         fig.suptitle("No mistakes on the test split")
         return fig
@@ -364,9 +364,9 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
         results_table=results_table(metrics, count_test_photos(metrics, split_sizes), len(label_names)),
         provenance=provenance,
         per_class_table=per_class_table(metrics.get("test_per_class", {})), label_source=label_source,
-        splits_table=_table(["split", "photos"], list(split_sizes.items())) if split_sizes else "",
+        splits_table=markdown_table(["split", "photos"], list(split_sizes.items())) if split_sizes else "",
         command=command,
-        hyperparameters_table=_table(["hyperparameter", "value"], sorted(hyperparameters.items()))
+        hyperparameters_table=markdown_table(["hyperparameter", "value"], sorted(hyperparameters.items()))
         if hyperparameters else "",
         plots=[(name, PLOT_CAPTIONS.get(name, Path(name).stem.replace("_", " "))) for name in plots],
         intended_use=_intended_use(dataset, label_names),
@@ -483,7 +483,7 @@ def results_table(metrics: dict, test_photos: int | None, n_classes: int) -> str
         low, high = wilson_interval(metrics["test_accuracy"], test_photos)
         rows[0][1] += f" (95% CI {low:.3f}–{high:.3f}, Wilson, n={test_photos})"
     note = "\n\nWith more than two classes ROC AUC is one-vs-rest, averaged over classes." if n_classes > 2 else ""
-    return _table(["metric", "value"], rows) + note
+    return markdown_table(["metric", "value"], rows) + note
 
 
 def per_class_table(per_class: dict[str, dict], limit: int = MAX_CARD_CLASSES) -> str:
@@ -496,7 +496,7 @@ def per_class_table(per_class: dict[str, dict], limit: int = MAX_CARD_CLASSES) -
                 "omitted here and listed in `all_results.json` (`test_per_class`).")
     rows = [[name, *(f"{per_class[name][k]:.3f}" if per_class[name]["support"] else "—"  # untested: no score
                      for k in ("precision", "recall", "f1")), per_class[name]["support"]] for name in names]
-    return _table(["class", "precision", "recall", "F1", "photos"], rows) + note
+    return markdown_table(["class", "precision", "recall", "F1", "photos"], rows) + note
 
 
 def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
@@ -546,13 +546,15 @@ def _limits(metrics: dict, split_sizes: dict, label_source: str, n_classes: int,
 
 # ---------------------------------------------------------------- small shared helpers
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure of ``width`` x ``height`` inches that renders with Agg, free of pyplot's global state."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (format from the suffix) atomically, then free it; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:  # a kill mid-save leaves the previous plot, not half a PNG
@@ -561,7 +563,8 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` and newlines in cells are escaped."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
