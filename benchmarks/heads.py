@@ -24,18 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from datasets import concatenate_datasets
 
 from hf_model.adapters import adapter_for
-from hf_model.backbones import default_cache_dir
 from hf_model.config import parse_args
-from hf_model.data import load_data
-from hf_model.features import extract_features, photo_digests
+from hf_model.head_cv import HeadCrossValidation, load_folds
 from hf_model.heads import fit_head
 from hf_model.metrics import ClassificationMetrics, softmax
 from hf_model.temperature import expected_calibration_error, fit_temperature
 from hf_model.training import cross_entropy_loss, setup_model, train_head
-from hf_model.transforms import test_time_views
 
 
 def main() -> None:
@@ -59,31 +55,19 @@ def main() -> None:
     argv += ["--backbone", cli.backbone] if cli.backbone else []
     argv += ["--image_size", str(cli.image_size)] if cli.image_size else []
     cfg, args = parse_args(argv)
-    folds = [load_data(cfg, args.seed, (i, cli.folds)) for i in range(cli.folds)]
-    names = folds[0]["train"].features["label"].names
-    setup = setup_model(cfg, names)
-    cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / setup.feature_key
-    everything = concatenate_datasets([folds[0][s] for s in ("train", "validation", "test")])
     started = time.time()
-    n_cached = cli.cached_views or max(cli.views)
-    views = [setup.eval_transform] + [setup.train_transform] * (n_cached - 1)
-    features = dict(zip(photo_digests(everything),
-                        extract_features(setup.model, everything, views, cache / f"views{n_cached}")))
-    mirror = test_time_views(True)[1]
-    mirrored = dict(zip(photo_digests(everything), extract_features(
-        setup.model, everything, [lambda image: setup.eval_transform(mirror(image))], cache / "eval-mirrored")[:, 0]))
-    print(f"features of {len(everything)} photos: {time.time() - started:.0f} s; inference "
-          f"{_milliseconds_per_photo(setup, everything):.1f} ms a photo (batch 1, decode excluded)", flush=True)
+    folds = load_folds(cfg, args.seed, cli.folds)
+    cv = HeadCrossValidation(cfg, args, folds)  # features of --cached_views views per photo, computed once
+    names = cv.label_names
+    print(f"features of {sum(len(f['test']) for f in folds)} photos: {time.time() - started:.0f} s; inference "
+          f"{cv.milliseconds_per_photo():.1f} ms a photo (batch 1, decode excluded)", flush=True)
 
     results: dict[str, list[dict]] = {}
     pooled: dict[str, list[tuple]] = {}  # every fold's test predictions: the ECE over all photos, not per fold
     for i, data in enumerate(folds):
-        fit_on = concatenate_datasets([data["train"], data["validation"]])
-        train_x = np.stack([features[d] for d in photo_digests(fit_on)])
-        test_digests = photo_digests(data["test"])
-        test_x = np.stack([features[d][0] for d in test_digests])
-        test_flip = np.stack([mirrored[d] for d in test_digests])
-        labels, test_labels = np.asarray(fit_on["label"]), np.asarray(data["test"]["label"])
+        fold = cv.arrays(data)
+        test_flip = cv.mirrored_features(data["test"]) if cli.tta else None
+        train_x, labels, test_x, test_labels = fold.fit_x, fold.fit_y, fold.test_x, fold.test_y
         for head_name in cli.heads:
             for n_views in cli.views:
                 t = time.time()
@@ -105,7 +89,7 @@ def main() -> None:
                               "std": float(np.std([f[metric] for f in rows]))} for metric in rows[0]}
                for key, rows in results.items()}
     print(f"\n{cli.preset}, {cfg.backbone} at {cfg.image_size or 'its own size'} px, {cli.folds}-fold CV "
-          f"({len(everything)} photos):")
+          f"({sum(len(f['test']) for f in folds)} photos):")
     for key, row in summary.items():
         logits, scaled, labels = (np.concatenate(part) for part in zip(*pooled[key]))
         row["ece_all_photos"] = {"mean": expected_calibration_error(softmax(logits), labels), "std": 0.0}
@@ -113,23 +97,6 @@ def main() -> None:
         print(f"{key:28s} " + "  ".join(f"{m} {v['mean']:.3f} ± {v['std']:.3f}" for m, v in row.items()))
     if cli.output:
         Path(cli.output).write_text(json.dumps({"argv": argv, "summary": summary}, indent=2))
-
-
-def _milliseconds_per_photo(setup, photos, n: int = 20) -> float:
-    """Median forward time of one preprocessed photo (the inference cost of this backbone at this size)."""
-    import torch
-
-    model = setup.model.eval()
-    pixels = [setup.eval_transform(image)[None].contiguous(memory_format=torch.channels_last)
-              for image in photos.select(range(min(n, len(photos))))["image"]]
-    times = []
-    with torch.inference_mode():
-        model(pixel_values=pixels[0])  # warm-up
-        for batch in pixels:
-            t = time.perf_counter()
-            model(pixel_values=batch)
-            times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def _sgd_head(cfg, args, data):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, concatenate_datasets
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import TrainingArguments, set_seed
 
 from hf_model.adapters import adapter_for
@@ -169,24 +170,42 @@ class HeadCrossValidation:
         """
         features = [np.stack([self.features[d][0] for d in photo_digests(test)])]
         if tta:
-            mirror = test_time_views(True)[1]
-            features.append(extract_features(self.setup.model, test, [lambda im: self.setup.eval_transform(mirror(im))],
-                                             self.cache / "eval-mirrored", desc="mirrored features")[:, 0])
+            features.append(self.mirrored_features(test))
         weight = self.classifier.weight.detach().float().cpu().numpy()
         bias = self.classifier.bias.detach().float().cpu().numpy()
         return np.stack([softmax(x @ weight.T + bias) for x in features])
 
+    def mirrored_features(self, photos: Dataset) -> np.ndarray:
+        """(photos, dim) features of the mirror images of ``photos`` (test-time flip), cached beside the others."""
+        mirror = test_time_views(True)[1]
+        return extract_features(self.setup.model, photos, [lambda image: self.setup.eval_transform(mirror(image))],
+                                self.cache / "eval-mirrored", desc="mirrored features")[:, 0]
+
     def milliseconds_per_photo(self, n: int = 20) -> float:
-        """Median forward time (ms) of one preprocessed photo at batch 1, decoding excluded: the inference cost."""
+        """Median forward time (ms) of one preprocessed photo at batch 1, decoding excluded: the inference cost
+        on this machine (other busy processes inflate it; :meth:`gigaflops_per_photo` does not depend on them)."""
         model = self.setup.model.eval()
-        photos = labeled_photos(self.folds[0])
-        pixels = [self.setup.eval_transform(image)[None].to(self.args.device).contiguous(
-            memory_format=torch.channels_last) for image in photos.select(range(min(n, len(photos))))["image"]]
+        pixels = self._pixels(n)
         times = []
         with torch.inference_mode():
-            model(pixel_values=pixels[0])  # warm-up
+            for batch in pixels[:3]:  # warm-up: the first calls at a new input size choose their kernels
+                model(pixel_values=batch)
             for batch in pixels:
                 started = time.perf_counter()
                 model(pixel_values=batch)
                 times.append(time.perf_counter() - started)
         return 1000 * float(np.median(times))
+
+    def gigaflops_per_photo(self) -> float:
+        """Floating-point operations (billions) of one photo's forward pass, counted by PyTorch's
+        ``FlopCounterMode``: the inference cost independent of the machine and its load."""
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            self.setup.model.eval()(pixel_values=self._pixels(1)[0])
+        return counter.get_total_flops() / 1e9
+
+    def _pixels(self, n: int) -> list[torch.Tensor]:
+        """The first ``n`` labeled photos preprocessed, one (1, 3, H, W) batch each, on the model's device."""
+        photos = labeled_photos(self.folds[0])
+        images = photos.select(range(min(n, len(photos))))["image"]
+        return [self.setup.eval_transform(image)[None].to(self.args.device).contiguous(
+            memory_format=torch.channels_last) for image in images]

@@ -150,13 +150,23 @@ def plan_cells(cfg: TrainConfig, backbones: Sequence[str], image_sizes: Sequence
                heads: Sequence[str], unfreeze: Sequence[int]) -> list[Cell]:
     """Every combination, in order; ``native`` sizes resolved to each backbone's own, duplicates dropped.
 
-    Raises ``ValueError`` for a size that is neither ``native`` nor a number of pixels (at least 32).
+    Raises ``ValueError`` for a size that is neither ``native`` nor a number of pixels (at least 32), and for a
+    backbone that cannot be loaded (checked here, before any cell runs).
     """
+    native = {backbone: _native_size(backbone) for backbone in backbones}
     cells = []
     for backbone, size, balance, head, blocks in itertools.product(backbones, image_sizes, imbalance, heads, unfreeze):
-        pixels = default_image_size(backbone) if size == NATIVE else _pixels(size)
-        cells.append(Cell(backbone, pixels, balance, head, blocks))
+        cells.append(Cell(backbone, native[backbone] if size == NATIVE else _pixels(size), balance, head, blocks))
     return list(dict.fromkeys(cells))
+
+
+def _native_size(backbone: str) -> int:
+    try:
+        return default_image_size(backbone)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--backbones {backbone}: neither a registry name ({', '.join(BACKBONES)}) nor a model "
+                         f"folder, and no Hub model by that id can be loaded here ({str(err).splitlines()[0]})"
+                         ) from err
 
 
 def _pixels(size: str) -> int:
@@ -192,13 +202,13 @@ def run_study(cfg: TrainConfig, args: TrainingArguments, cells: list[Cell], n_fo
         group = list(group)
         setup_cfg = dataclasses.replace(cfg, backbone=backbone, image_size=size)
         cv = HeadCrossValidation(setup_cfg, args, folds)
-        cost = cv.milliseconds_per_photo()
+        cost = (cv.milliseconds_per_photo(), cv.gigaflops_per_photo())
         for cell in group:
             logger.info("study: cell %d of %d: %s", len(rows) + 1, len(cells), cell.name())
             started = time.time()
             per_fold = (_fine_tuned(cell.config(cfg), args, n_folds, output_dir / "cells" / cell.slug())
                         if cell.fine_tunes else cv.score(cell.config(setup_cfg)))
-            rows.append(_row(cell, summarize_folds(per_fold), time.time() - started, cv.feature_seconds, cost))
+            rows.append(_row(cell, summarize_folds(per_fold), time.time() - started, cv.feature_seconds, *cost))
             write_rows(output_dir / STUDY_CSV, rows)  # at once: a killed study keeps every finished cell
     rows = [row for cell in cells for row in rows if _row_cell(row) == cell]  # the grid's order, this grid's cells
     write_markdown(output_dir / STUDY_MD, rows, metric, n_folds, settings)
@@ -219,14 +229,14 @@ def _fine_tuned(cfg: TrainConfig, args: TrainingArguments, n_folds: int, cell_di
     return [json.loads((cell_dir / f"fold-{i}" / "test_results.json").read_text()) for i in range(n_folds)]
 
 
-def _row(cell: Cell, summary: dict, seconds: float, feature_seconds: float, cost_ms: float) -> dict:
+def _row(cell: Cell, summary: dict, seconds: float, feature_seconds: float, cost_ms: float, gflops: float) -> dict:
     row = dataclasses.asdict(cell)
     for metric in METRICS:
         if metric in summary:
             row[f"{metric}_mean"], row[f"{metric}_std"] = summary[metric]["mean"], summary[metric]["std"]
     row["ece_all_photos"] = summary.get("ece_all_photos")
     row.update(photos=summary["photos"], seconds=round(seconds, 1), feature_seconds=round(feature_seconds, 1),
-               inference_ms=round(cost_ms, 1))
+               inference_ms=round(cost_ms, 1), inference_gflops=round(gflops, 3))
     return row
 
 
@@ -267,7 +277,7 @@ def _previous_rows(output_dir: Path, settings: dict) -> list[dict]:
 def _table(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]]]:
     best = max(range(len(rows)), key=lambda i: rows[i][f"{metric}_mean"])
     shown = [m for m in METRICS if f"{m}_mean" in rows[0]]
-    header = ["backbone", "size", "imbalance", "head", "blocks", *shown, "ECE", "fit s", "ms/photo"]
+    header = ["backbone", "size", "imbalance", "head", "blocks", *shown, "ECE", "fit s", "GFLOPs", "ms/photo"]
     lines = []
     for i, row in enumerate(rows):
         figures = [f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}" for m in shown]
@@ -276,7 +286,7 @@ def _table(rows: list[dict], metric: str) -> tuple[list[str], list[list[str]]]:
         ece = "" if row.get("ece_all_photos") is None else f"{row['ece_all_photos']:.3f}"
         lines.append([row["backbone"], f"{int(row['image_size'])}", row["imbalance"], row["head"],
                       f"{int(row['unfreeze_top_blocks'])}", *figures, ece, f"{row['seconds']:.0f}",
-                      f"{row['inference_ms']:.0f}"])
+                      f"{row['inference_gflops']:.2f}", f"{row['inference_ms']:.0f}"])
     return header, lines
 
 
@@ -288,8 +298,9 @@ def write_markdown(path: Path, rows: list[dict], metric: str, n_folds: int, sett
         "",
         f"Data: `{settings['data_dir'] or settings['dataset']}`; seed {settings['seed']}; every cell tests the same "
         f"{n_folds} folds. Figures are mean ± standard deviation over the folds; ECE is the expected calibration "
-        "error over every test photo at once; fit s is the cell's wall time (features cached); ms/photo is one "
-        "photo's forward pass (batch 1, this machine). The best "
+        "error over every test photo at once; fit s is the cell's wall time (features cached); GFLOPs is one "
+        "photo's forward pass in billions of floating-point operations (PyTorch's count), ms/photo its median time "
+        "at batch 1 on this machine (inflated by anything else running). The best "
         f"{metric} is in bold.",
         "",
         markdown_table(*_table(rows, metric)),
@@ -300,28 +311,39 @@ def write_markdown(path: Path, rows: list[dict], metric: str, n_folds: int, sett
 
 
 def plot_study(path: Path, rows: list[dict], metric: str) -> Path:
-    """``study.png``: each cell's ``metric`` (mean ± std over folds) against its inference cost, the best ringed."""
+    """``study.png``: each cell's ``metric`` (mean ± std over folds) against its inference cost in GFLOPs.
+
+    Cells of one backbone and size share a cost; they are drawn side by side, labeled once, the best ringed.
+    """
     fig = new_figure(7.5, 4.8)
     ax = fig.add_subplot()
     markers = dict(zip(IMBALANCE, "os^"))
     colors = {b: f"C{i}" for i, b in enumerate(dict.fromkeys(row["backbone"] for row in rows))}
-    several_heads = len({row["head"] for row in rows}) > 1
+    heads = list(dict.fromkeys(row["head"] for row in rows))
+    span = max(row["inference_gflops"] for row in rows) or 1.0
+    settings = list(itertools.product(IMBALANCE, heads))
+    position = {}
     for row in rows:
-        ax.errorbar(row["inference_ms"], row[f"{metric}_mean"], yerr=row[f"{metric}_std"],
-                    fmt=markers[row["imbalance"]], color=colors[row["backbone"]], alpha=0.8, capsize=3, markersize=7)
-        label = f"{int(row['image_size'])}" + (f" {row['head']}" if several_heads else "")
-        ax.annotate(label, (row["inference_ms"], row[f"{metric}_mean"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        dodge = (settings.index((row["imbalance"], row["head"])) - (len(settings) - 1) / 2) * 0.012 * span
+        x, y = row["inference_gflops"] + dodge, row[f"{metric}_mean"]
+        position[id(row)] = (x, y)
+        ax.errorbar(x, y, yerr=row[f"{metric}_std"], fmt=markers[row["imbalance"]], color=colors[row["backbone"]],
+                    alpha=0.8, capsize=2, markersize=6, mfc="white" if heads.index(row["head"]) else None)
+    for (_, size), group in itertools.groupby(rows, key=lambda r: (r["backbone"], r["image_size"])):
+        top = max(group, key=lambda r: r[f"{metric}_mean"] + r[f"{metric}_std"])
+        ax.annotate(f"{int(size)}px", (top["inference_gflops"], top[f"{metric}_mean"] + top[f"{metric}_std"]),
+                    fontsize=7, xytext=(0, 4), textcoords="offset points", ha="center")
     best = max(rows, key=lambda row: row[f"{metric}_mean"])
-    ax.plot(best["inference_ms"], best[f"{metric}_mean"], "o", ms=16, mfc="none", mec="black", label="best")
+    ax.plot(*position[id(best)], "o", ms=15, mfc="none", mec="black", label="best")
     for backbone, color in colors.items():
         ax.plot([], [], "o", color=color, label=Path(backbone).name)
     for name, marker in markers.items():
         ax.plot([], [], marker, color="gray", label=f"imbalance: {name}")
-    ax.set_xlabel("inference cost (ms per photo, batch 1, this machine)")
+    for head in heads[1:]:
+        ax.plot([], [], "o", color="gray", mfc="white", label=f"hollow: {head} head (filled: {heads[0]})")
+    ax.set_xlabel("inference cost (GFLOPs per photo)")
     ax.set_ylabel(f"{metric} ({int(rows[0]['photos'])} photos, cross-validated)")
-    ax.set_title("Study: each cell's score against its cost (labels: image size in px)" if not several_heads else
-                 "Study: each cell's score against its cost (labels: image size in px, head)")
+    ax.set_title("Study: each cell's score (mean ± std over folds) against its cost")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return save_figure(fig, path)

@@ -150,3 +150,13 @@ def test_the_learning_curve_command_writes_its_table_plot_and_answer(image_folde
     assert len(list(csv.DictReader((out / "learning_curve.csv").open()))) == 3
     assert (out / "learning_curve.png").is_file()
     assert "labeled photos, accuracy is" in capsys.readouterr().out
+
+
+def test_a_backbone_that_cannot_load_stops_the_study_before_any_cell_runs(image_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["--data_dir", str(image_folder), "--output_dir", str(tmp_path / "s"), "--backbones",
+                    "efficientnet-lite0", str(tmp_path / "no-such-model")])
+
+    assert exit_.value.code == 2
+    assert f"--backbones {tmp_path / 'no-such-model'}: neither a registry name" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
