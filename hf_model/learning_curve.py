@@ -40,8 +40,11 @@ INTERVAL = (5, 95)  # percentiles: a 90% interval
 
 
 def run_learning_curve(cfg: TrainConfig, args: TrainingArguments, n_folds: int, fractions: Sequence[float],
-                       output_dir: Path) -> list[dict]:
+                       output_dir: Path, repeats: int = 3) -> list[dict]:
     """Cross-validate the head of ``cfg`` on each share of the labeled photos; write and return one row per share.
+
+    Each share below 100% is drawn ``repeats`` times (other seeds) and each fold's scores are averaged over
+    the draws, so one lucky or unlucky subset does not bend the curve.
 
     Raises ``ValueError`` when a fraction is not in (0, 1], or ``cfg`` fine-tunes blocks (the curve fits the
     head on cached features).
@@ -53,19 +56,22 @@ def run_learning_curve(cfg: TrainConfig, args: TrainingArguments, n_folds: int, 
     cv = HeadCrossValidation(cfg, args, folds)
     rows = []
     for fraction in fractions:
-        subsets = [subsample(data, fraction, args.seed) for data in folds]
-        per_fold = cv.score(cfg, subsets)
-        photos = [len(s["train"]) + len(s["validation"]) for s in subsets]
-        rows.append({"fraction": fraction, "photos": float(np.mean(photos)),
-                     "accuracy_mean": float(np.mean([m["test_accuracy"] for m in per_fold])),
-                     "accuracy_std": float(np.std([m["test_accuracy"] for m in per_fold])),
-                     "f1_macro_mean": float(np.mean([m["test_f1_macro"] for m in per_fold])),
-                     "f1_macro_std": float(np.std([m["test_f1_macro"] for m in per_fold])),
-                     "fold_accuracies": [m["test_accuracy"] for m in per_fold]})
+        scores = {"test_accuracy": [], "test_f1_macro": []}  # (repeats, folds) each
+        for repeat in range(repeats if fraction < 1 else 1):  # every repeat of 100% is the same photos
+            subsets = [subsample(data, fraction, args.seed + repeat) for data in folds]
+            per_fold = cv.score(cfg, subsets)
+            for key, values in scores.items():
+                values.append([m[key] for m in per_fold])
+        accuracy, f1 = (np.mean(scores[key], axis=0) for key in ("test_accuracy", "test_f1_macro"))  # per fold
+        rows.append({"fraction": fraction, "photos": float(np.mean([len(s["train"]) + len(s["validation"])
+                                                                    for s in subsets])),
+                     "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std()),
+                     "f1_macro_mean": float(f1.mean()), "f1_macro_std": float(f1.std()),
+                     "fold_accuracies": accuracy.tolist()})
         logger.info("learning curve: %.0f%% of the labeled photos (%.0f per fold): accuracy %.3f ± %.3f",
                     100 * fraction, rows[-1]["photos"], rows[-1]["accuracy_mean"], rows[-1]["accuracy_std"])
     fit = fit_power_law(np.array([r["photos"] for r in rows]), np.array([r["fold_accuracies"] for r in rows]))
-    write_outputs(output_dir, rows, fit, cfg, n_folds)
+    write_outputs(output_dir, rows, fit, cfg, n_folds, repeats)
     print(answer(rows, fit) + f" (table in {output_dir / CURVE_MD}, plot in {output_dir / CURVE_PNG})", flush=True)
     return rows
 
@@ -149,12 +155,14 @@ def answer(rows: list[dict], fit: PowerLaw | None) -> str:
         now += f" ({half['accuracy_mean']:.3f} with {half['photos']:.0f})"
     if fit is None:
         return now + "; no power law fits these points, so there is no extrapolation."
+    now += f". A power law fitted to the curve ({fit.accuracy(fit.photos):.3f} at {fit.photos:.0f}) expects "
     more = "; ".join(f"{times}x the labels ({times * fit.photos:.0f}): {acc:.3f} (90% interval {low:.3f}-{high:.3f})"
                      for times, (acc, low, high) in fit.extrapolated.items())
-    return f"{now}. A power law fitted to the curve expects {more}."
+    return f"{now}{more}."
 
 
-def write_outputs(output_dir: Path, rows: list[dict], fit: PowerLaw | None, cfg: TrainConfig, n_folds: int) -> None:
+def write_outputs(output_dir: Path, rows: list[dict], fit: PowerLaw | None, cfg: TrainConfig, n_folds: int,
+                  repeats: int) -> None:
     """``learning_curve.csv`` / ``.json`` / ``.md`` / ``.png`` in ``output_dir`` (each written atomically)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     columns = ["fraction", "photos", "accuracy_mean", "accuracy_std", "f1_macro_mean", "f1_macro_std"]
@@ -163,7 +171,7 @@ def write_outputs(output_dir: Path, rows: list[dict], fit: PowerLaw | None, cfg:
         writer.writeheader()
         writer.writerows(rows)
     write_json_atomic(output_dir / CURVE_JSON, {
-        "backbone": cfg.backbone, "head": cfg.head, "folds": n_folds, "rows": rows,
+        "backbone": cfg.backbone, "head": cfg.head, "folds": n_folds, "repeats": repeats, "rows": rows,
         "power_law": None if fit is None else {"a": fit.a, "b": fit.b, "c": fit.c, "photos": fit.photos,
                                                "extrapolated": {str(k): v for k, v in fit.extrapolated.items()}}})
     table = markdown_table(["share", "labeled photos", "accuracy", "macro-F1"], [
@@ -171,7 +179,8 @@ def write_outputs(output_dir: Path, rows: list[dict], fit: PowerLaw | None, cfg:
          f"{r['f1_macro_mean']:.3f} ± {r['f1_macro_std']:.3f}"] for r in rows])
     with atomic_write(output_dir / CURVE_MD) as f:
         f.write(f"# Would more labels help?\n\n{cfg.backbone}, {cfg.head} head, {n_folds}-fold cross-validation "
-                f"(the same test photos at every share; mean ± std over folds).\n\n{table}\n\n{answer(rows, fit)}\n")
+                f"(the same test photos at every share; each share below 100% drawn {repeats} times, each fold's "
+                f"scores averaged over the draws; mean ± std over folds).\n\n{table}\n\n{answer(rows, fit)}\n")
     plot_learning_curve(output_dir / CURVE_PNG, rows, fit)
 
 

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("--learning_curve follows one backbone at one size: give at most one of each")
     if study.folds < 2:
         parser.error(f"--folds is a number of cross-validation folds, at least 2: got {study.folds}")
+    if study.repeats < 1:
+        parser.error(f"--repeats counts draws of each share: at least 1, got {study.repeats}")
     if not all(0 < f <= 1 for f in study.fractions):
         parser.error(f"--fractions are shares of the labeled photos, above 0 and at most 1: got {study.fractions}")
     offline = [name for name, backbone in BACKBONES.items() if backbone.offline]
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             from hf_model.learning_curve import run_learning_curve
 
             cfg = dataclasses.replace(cfg, backbone=cells[0].backbone, image_size=cells[0].image_size)
-            return run_learning_curve(cfg, args, study.folds, study.fractions, Path(study.output_dir))
+            return run_learning_curve(cfg, args, study.folds, study.fractions, Path(study.output_dir), study.repeats)
         return run_study(cfg, args, cells, study.folds, study.metric, Path(study.output_dir), train_flags,
                          resume=not study.no_resume)
     except (DataError, FileNotFoundError, StudyFolderError) as err:
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead of the grid: accuracy vs. the number of labeled photos (train.py's settings)")
     parser.add_argument("--fractions", nargs="+", type=float, default=[round(0.1 * i, 1) for i in range(1, 11)],
                         help="--learning_curve: shares of the labeled photos to learn from (default 0.1 ... 1.0)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--learning_curve: draws of each share below 100%% (other seeds), averaged (default 3)")
     return parser
 
 

@@ -140,23 +140,20 @@ def test_the_power_law_recovers_a_known_curve_and_extrapolates_it():
     assert fit_power_law(photos[:2], truth[:2, None]) is None  # two points fit no three-parameter curve
 
 
-def test_the_learning_curve_command_writes_its_table_plot_and_answer(image_folder, tiny_convnext, tmp_path, capsys):
+def test_the_learning_curve_command_writes_its_table_plot_and_answer(image_folder, tiny_convnext, tmp_path, capsys,
+                                                                     monkeypatch):
     out = tmp_path / "curve"
+    scored = []
+    original = HeadCrossValidation.score
+    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None: scored.append(folds)
+                        or original(self, cfg, folds))
     rows = study.main(["--data_dir", str(image_folder), "--backbones", tiny_convnext, "--output_dir", str(out),
-                       "--folds", "2", "--learning_curve", "--fractions", "0.4", "0.7", "1.0"])
+                       "--folds", "2", "--learning_curve", "--fractions", "0.4", "0.7", "1.0", "--repeats", "2"])
 
     assert [r["fraction"] for r in rows] == [0.4, 0.7, 1.0]
     assert rows[0]["photos"] < rows[1]["photos"] < rows[2]["photos"] == 12
+    assert len(scored) == 5  # two draws of each share below 100%, one of 100% (every draw is the same photos)
     assert len(list(csv.DictReader((out / "learning_curve.csv").open()))) == 3
+    assert json.loads((out / "learning_curve.json").read_text())["repeats"] == 2
     assert (out / "learning_curve.png").is_file()
     assert "labeled photos, accuracy is" in capsys.readouterr().out
-
-
-def test_a_backbone_that_cannot_load_stops_the_study_before_any_cell_runs(image_folder, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        study.main(["--data_dir", str(image_folder), "--output_dir", str(tmp_path / "s"), "--backbones",
-                    "efficientnet-lite0", str(tmp_path / "no-such-model")])
-
-    assert exit_.value.code == 2
-    assert f"--backbones {tmp_path / 'no-such-model'}: neither a registry name" in capsys.readouterr().err
-    assert not (tmp_path / "s").exists()
