@@ -162,15 +162,16 @@ def write_rows(out: IO[str], rows: Iterator[dict]) -> Counter:
     return counts
 
 
-def load_or_explain(source: str):
-    """:func:`load_for_inference`, or exit with one line saying why ``source`` is not a model."""
+def load_or_explain(source: str, prog: str = "hf-model predict"):
+    """:func:`load_for_inference`, or exit with one line, under the command's name ``prog``, saying why ``source`` is
+    not a model."""
     try:
         return load_for_inference(source)
     except (OSError, ValueError) as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         what = ("is a folder, but not a model folder (train.py --output_dir)" if Path(source).is_dir()
                 else "is neither a model folder nor a Hub id that could be loaded")
-        raise SystemExit(f"hf-model predict: {source} {what}: {cause}") from None
+        raise SystemExit(f"{prog}: {source} {what}: {cause}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
