@@ -2,13 +2,15 @@
 
 ``TrainConfig`` holds what ``TrainingArguments`` does not: data, backbone, augmentation and
 the fine-tuning recipe. ``parse_args`` fills both from the command line with ``HfArgumentParser``;
-a ``--preset`` only changes defaults, so any flag given on the command line still wins. A finished
-run writes both into ``hf_model_config.json`` (:class:`RunRecord`), and :func:`load_run_config`
-loads them back, so calibration, publishing and studies rebuild exactly the run's data.
+a ``--preset`` (and then a ``--preset_file``, such as ``hf-model tune``'s ``best_preset.json``) only
+changes defaults, so any flag given on the command line still wins. A finished run writes both into
+``hf_model_config.json`` (:class:`RunRecord`), and :func:`load_run_config` loads them back, so
+calibration, publishing and studies rebuild exactly the run's data.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -32,7 +34,7 @@ TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one
 CLASS_WEIGHTS = ("none", "auto")
 HEADS = ("logistic", "ncm", "sgd")  # how stage 1 fits the head: hf_model.heads (closed form) or Trainer (sgd)
 RUN_CONFIG_FILE = "hf_model_config.json"
-PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir")  # may name local files or folders
+PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir", "preset_file")  # local files or folders
 # TrainingArguments that check the machine (a GPU, bf16, DeepSpeed): a record written on a GPU loads anywhere
 HARDWARE_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "deepspeed", "fsdp", "fsdp_config",
                  "use_cpu", "torch_compile", "half_precision_backend")
@@ -43,6 +45,9 @@ class TrainConfig:
     """Everything about a run that is not a ``TrainingArguments`` field."""
 
     preset: str | None = field(default=None, metadata={"help": "named defaults: bedrooms or birds"})
+    preset_file: str | None = field(default=None, metadata={
+        "help": "a JSON object of TrainConfig and TrainingArguments values (e.g. hf-model tune's best_preset.json), "
+                "applied after --preset; flags on the command line still win"})
     data_dir: str | None = field(
         default=None, metadata={"help": "folder of photos (bedrooms, birds.csv or class folders)"})
     dataset: str | None = field(default=None, metadata={"help": "Hub dataset id with an image and a label column"})
@@ -199,6 +204,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
         if preset.preset not in PRESETS:
             parser.error(f"unknown preset {preset.preset!r}; choose from {sorted(PRESETS)}")
         parser.set_defaults(**PRESETS[preset.preset])
+    if preset.preset_file:
+        parser.set_defaults(**read_preset_file(parser, preset.preset_file))
     try:
         cfg, args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # raised by TrainConfig.__post_init__ or TrainingArguments' own checks
@@ -211,6 +218,48 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     for message in training_args_problems(args):
         parser.error(message)
     return cfg, args
+
+
+def read_preset_file(parser: argparse.ArgumentParser, path: str) -> dict:
+    """``--preset_file``'s JSON object as typed defaults of ``parser``: each value read as its flag would read it.
+
+    A missing file, bad JSON, a key that is no ``TrainConfig`` or ``TrainingArguments`` field, or a value its flag
+    rejects is a usage error (``parser.error``, exit status 2) naming the file and the key.
+    """
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except OSError as err:
+        parser.error(f"--preset_file {path}: cannot read it ({err.strerror or err})")
+    except json.JSONDecodeError as err:
+        parser.error(f"--preset_file {path} is not valid JSON: {err}")
+    if not isinstance(overrides, dict):
+        parser.error(f"--preset_file {path} must hold a JSON object of flag names and values, "
+                     f"like {{\"head\": \"sgd\"}}; it holds a {type(overrides).__name__}")
+    fields = {f.name: f for cls in (TrainConfig, TrainingArguments) for f in dataclasses.fields(cls) if f.init}
+    for key, value in overrides.items():
+        if key in ("preset", "preset_file"):
+            parser.error(f"--preset_file {path}: unknown key {key!r}: name a preset with --preset on the command line")
+        if key not in fields:
+            parser.error(f"--preset_file {path}: unknown key {key!r}: keys are train.py's flags without the dashes "
+                         "(python train.py --help)")
+        if value is None and fields[key].default is not None:
+            parser.error(f"--preset_file {path}: {key!r} cannot be null (--{key} takes a value)")
+    return {key: None if value is None else _typed(parser, path, key, value) for key, value in overrides.items()}
+
+
+def _typed(parser: argparse.ArgumentParser, path: str, key: str, value) -> object:
+    """``value`` as ``--key value`` on the command line would give it (argparse's type and choices checks)."""
+    words = [v if isinstance(v, str) else json.dumps(v) for v in (value if isinstance(value, list) else [value])]
+    parser.exit_on_error = False  # raise, so the message can name the file
+    try:
+        namespace, extra = parser.parse_known_args([f"--{key}", *words])
+    except argparse.ArgumentError as err:
+        parser.error(f"--preset_file {path}: {key!r}: {err}")
+    finally:
+        parser.exit_on_error = True
+    if extra:
+        parser.error(f"--preset_file {path}: {key!r} takes one value, got {value!r}")
+    return getattr(namespace, key)
 
 
 def training_args_problems(args: TrainingArguments) -> list[str]:

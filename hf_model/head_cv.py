@@ -107,10 +107,12 @@ class HeadCrossValidation:
                           fit_groups, np.stack([self.features[d][0] for d in photo_digests(data["test"])]),
                           np.asarray(data["test"]["label"]))
 
-    def score(self, cfg: TrainConfig | None = None, folds: list[DatasetDict] | None = None) -> list[dict]:
+    def score(self, cfg: TrainConfig | None = None, folds: list[DatasetDict] | None = None,
+              args: TrainingArguments | None = None) -> list[dict]:
         """Each fold's ``test_*`` metrics (a ``--cv_folds`` run's ``all_results.json``) for the head setting ``cfg``.
 
-        ``folds`` replaces the folds given at construction with subsets of their photos (a learning curve's).
+        ``folds`` replaces the folds given at construction (some of them, or subsets of their photos: a learning
+        curve's); ``args`` the ``TrainingArguments`` (a search's weight decay or label smoothing; same seed).
 
         Raises ``ValueError`` when ``cfg`` fine-tunes blocks (``--unfreeze_top_blocks`` other than 0): that needs
         whole training runs (``train.py --cv_folds``), not cached features.
@@ -120,24 +122,25 @@ class HeadCrossValidation:
             raise ValueError(f"--unfreeze_top_blocks {cfg.unfreeze_top_blocks} fine-tunes blocks on images: "
                              "cross-validate it with train.py --cv_folds, not on cached features")
         cfg = dataclasses.replace(cfg, unfreeze_top_blocks=0)
-        return [self._score_fold(cfg, data) for data in (folds or self.folds)]
+        return [self._score_fold(cfg, args or self.args, data) for data in (folds or self.folds)]
 
-    def _score_fold(self, cfg: TrainConfig, data: DatasetDict) -> dict:
+    def _score_fold(self, cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> dict:
         """``train.train`` of one fold with the head-alone recipe, minus the model folder (and its log lines)."""
         level = logger.level
         logger.setLevel(max(level, logging.WARNING))  # a study prints one line per cell, not train.py's per fold
         try:
-            return self._fit_and_test(cfg, data)
+            return self._fit_and_test(cfg, args, data)
         finally:
             logger.setLevel(level)
 
-    def _fit_and_test(self, cfg: TrainConfig, data: DatasetDict) -> dict:
-        set_seed(self.args.seed)
+    def _fit_and_test(self, cfg: TrainConfig, args: TrainingArguments, data: DatasetDict) -> dict:
+        set_seed(args.seed)
         self.classifier.load_state_dict(self.fresh_head)  # a head carried over from the last fold has seen this test
         with tempfile.TemporaryDirectory(prefix="head-cv-") as scratch:  # the sgd head's Trainer checkpoints
-            args = dataclasses.replace(self.args, output_dir=scratch, label_smoothing_factor=0.0, disable_tqdm=True)
+            smoothing = args.label_smoothing_factor  # in our loss, not the Trainer's smoother (as train.py)
+            args = dataclasses.replace(args, output_dir=scratch, label_smoothing_factor=0.0, disable_tqdm=True)
             photos = training_photos(data, cfg.oversample, args.seed)
-            loss = cross_entropy_loss(loss_class_weights(cfg, photos), self.args.label_smoothing_factor)
+            loss = cross_entropy_loss(loss_class_weights(cfg, photos), smoothing)
             started = time.time()
             fit = train_head(cfg, args, self.setup, photos, data["validation"], loss,
                              fit_validation=fits_on_validation(cfg))

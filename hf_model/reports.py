@@ -451,8 +451,8 @@ def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
              "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
              "image_size": record.image_size,
              **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
-             **{k: v for k, v in dataclasses.asdict(record.config).items()
-                if k not in ("data_dir", "dataset", "preset", "cache_dir", "image_size")}}  # the size trained at
+             **{k: v for k, v in dataclasses.asdict(record.config).items()  # image_size: the size trained at, above
+                if k not in ("data_dir", "dataset", "preset", "preset_file", "cache_dir", "image_size")}}
     chosen = chosen or {}
     if chosen.get("head_C") is not None:
         table["head_C"] = chosen["head_C"]  # the L2 strength inner cross-validation chose

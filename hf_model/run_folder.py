@@ -34,7 +34,8 @@ logger = logging.getLogger("hf_model")
 RECIPE_ARGS = ("seed", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps",
                "label_smoothing_factor")
-NOT_RECIPE = ("resume", "preset", "cache_dir")  # TrainConfig fields that change neither the photos nor the model
+# TrainConfig fields that change neither the photos nor the model (a preset's values are in the other fields)
+NOT_RECIPE = ("resume", "preset", "preset_file", "cache_dir")
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint
 STAGING_DIR = ".saving-model"  # the final model is saved here, then renamed file by file into the folder
 

@@ -17,6 +17,43 @@ def test_preset_sets_defaults_and_flags_win():
     assert args.remove_unused_columns is False and args.load_best_model_at_end
 
 
+def test_preset_file_values_reach_the_config_after_the_preset_and_flags_win(tmp_path):
+    preset = tmp_path / "best_preset.json"
+    preset.write_text(json.dumps({"head": "sgd", "head_dropout": 0.35, "weight_decay": 0.002, "refit": False,
+                                  "split_fractions": [0.7, 0.2, 0.1], "lr_scheduler_type": "linear"}))
+    cfg, args = parse_args(["--preset", "bedrooms", "--preset_file", str(preset), "--data_dir", "x",
+                            "--output_dir", "o", "--head_dropout", "0.1"])
+    assert cfg.head == "sgd" and cfg.refit is False and cfg.split_fractions == [0.7, 0.2, 0.1]
+    assert args.weight_decay == 0.002 and args.lr_scheduler_type == "linear"
+    assert cfg.head_dropout == 0.1  # the command line wins over the file
+    assert cfg.backbone == PRESETS["bedrooms"]["backbone"]  # the named preset still applies under the file
+    assert cfg.preset_file == str(preset)  # kept in the run record
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"heads": "sgd"}', "unknown key 'heads'"),
+    ('{"head": "svm"}', "'head'"),
+    ('{"head_epochs": "ten"}', "'head_epochs'"),
+    ('{"head_epochs": null}', "'head_epochs'"),
+    ('{"preset": "birds"}', "unknown key 'preset'"),
+    ('{"head": "sgd",}', "not valid JSON"),
+    ('["head", "sgd"]', "JSON object"),
+])
+def test_a_bad_preset_file_is_a_usage_error_naming_the_file_and_key(content, message, tmp_path, capsys):
+    preset = tmp_path / "preset.json"
+    preset.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--preset_file", str(preset), "--data_dir", "x", "--output_dir", "o"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and str(preset) in err and message in err
+
+
+def test_a_missing_preset_file_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--preset_file", str(tmp_path / "nowhere.json"), "--data_dir", "x", "--output_dir", "o"])
+    assert exit_info.value.code == 2 and "nowhere.json" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--class_weights", "balanced"], "--class_weights"),
     (["--stages", "3"], "--stages"),
