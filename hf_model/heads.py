@@ -220,6 +220,8 @@ def _fit_logistic_once(features: np.ndarray, labels: np.ndarray, n_classes: int,
     model = LogisticRegression(C=C, max_iter=MAX_ITER, class_weight=class_weight)
     with warnings.catch_warnings():  # a strong C on separable photos stops at max_iter: the fit is still good
         warnings.simplefilter("ignore", ConvergenceWarning)
+        # few photos of many classes (one per species) is what this head is for, not "a regression problem"
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         model.fit(scaler.transform(rows), row_labels)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # scikit-learn keeps one row for two classes: softmax([-z/2, z/2]) = sigmoid(z)

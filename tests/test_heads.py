@@ -236,3 +236,11 @@ def test_logistic_head_tries_weaker_regularization_while_the_weakest_tried_is_be
     head = fit_logistic(features, labels, 3)
     assert head.C > max(DEFAULT_CS) and head.C <= MAX_C
     assert f"{max(DEFAULT_CS) * 10:g}:" in caplog.text  # the extension was scored and logged
+
+
+def test_one_photo_per_class_fits_without_scikit_learns_regression_warning(recwarn):
+    features = np.random.default_rng(0).normal(size=(30, 1, 4)).astype(np.float32)  # scikit-learn warns from 21
+
+    fit_head("logistic", features, np.arange(30), 30)
+
+    assert not [w for w in recwarn if "unique classes" in str(w.message)]
