@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error("give the grid with --folds, --backbones and --image_sizes (the study's own flags), not "
                      "--cv_folds / --backbone / --image_size")
     cfg, args = parse_args([*train_flags, "--output_dir", study.output_dir, "--disable_tqdm", "true"])
-    if study.learning_curve and (len(study.backbones or []) > 1 or len(study.image_sizes) > 1):
-        parser.error("--learning_curve follows one backbone at one size: give at most one of each")
+    if study.learning_curve and max(len(study.backbones or []), len(study.image_sizes), len(study.heads or [])) > 1:
+        parser.error("--learning_curve follows one backbone at one size with one head: give at most one of each")
     if study.folds < 2:
         parser.error(f"--folds is a number of cross-validation folds, at least 2: got {study.folds}")
     if study.repeats < 1:
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if study.learning_curve:
             from hf_model.learning_curve import run_learning_curve
 
-            cfg = dataclasses.replace(cfg, backbone=cells[0].backbone, image_size=cells[0].image_size)
+            cfg = dataclasses.replace(cfg, backbone=cells[0].backbone, image_size=cells[0].image_size,
+                                      head=cells[0].head)
             return run_learning_curve(cfg, args, study.folds, study.fractions, Path(study.output_dir), study.repeats)
         return run_study(cfg, args, cells, study.folds, study.metric, Path(study.output_dir), train_flags,
                          resume=not study.no_resume)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-model study", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="hf-model study", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description=__doc__.split("\n\n")[0] + "\n\nAny other flag is train.py's (--preset, --data_dir, --seed, "
                     "--feature_views, --head_learning_rate, ...) and applies to every cell.",
         epilog="Exit status: 0 when every cell ran; 1 when the data or the output folder is unusable; 2: a bad flag.")

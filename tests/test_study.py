@@ -58,8 +58,8 @@ def test_a_rerun_skips_finished_cells_and_runs_only_the_new_ones(image_folder, t
     _study(image_folder, tiny_convnext, out, "--imbalance", "none")
     scored = []
     original = HeadCrossValidation.score
-    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None: scored.append(cfg)
-                        or original(self, cfg, folds))
+    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None, args=None:
+                        scored.append(cfg) or original(self, cfg, folds, args))
 
     rows = _study(image_folder, tiny_convnext, out, "--imbalance", "none", "oversample")
 
@@ -145,8 +145,8 @@ def test_the_learning_curve_command_writes_its_table_plot_and_answer(image_folde
     out = tmp_path / "curve"
     scored = []
     original = HeadCrossValidation.score
-    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None: scored.append(folds)
-                        or original(self, cfg, folds))
+    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None, args=None:
+                        scored.append(folds) or original(self, cfg, folds, args))
     rows = study.main(["--data_dir", str(image_folder), "--backbones", tiny_convnext, "--output_dir", str(out),
                        "--folds", "2", "--learning_curve", "--fractions", "0.4", "0.7", "1.0", "--repeats", "2"])
 
@@ -157,3 +157,15 @@ def test_the_learning_curve_command_writes_its_table_plot_and_answer(image_folde
     assert json.loads((out / "learning_curve.json").read_text())["repeats"] == 2
     assert (out / "learning_curve.png").is_file()
     assert "labeled photos, accuracy is" in capsys.readouterr().out
+
+
+def test_train_py_s_head_flag_is_not_taken_for_the_study_s_heads(image_folder, tiny_convnext, tmp_path, monkeypatch):
+    heads = []
+    original = HeadCrossValidation.score
+    monkeypatch.setattr(HeadCrossValidation, "score", lambda self, cfg=None, folds=None, args=None:
+                        heads.append(cfg.head) or original(self, cfg, folds, args))
+
+    study.main(["--data_dir", str(image_folder), "--backbones", tiny_convnext, "--output_dir", str(tmp_path / "c"),
+                "--folds", "2", "--learning_curve", "--fractions", "0.5", "1.0", "--repeats", "1", "--head", "ncm"])
+
+    assert heads == ["ncm", "ncm"]  # argparse abbreviations would have read --head as --heads, and fitted logistic
