@@ -44,3 +44,27 @@ def write_json_atomic(path: str | Path, data, **dump_kwargs) -> Path:
     with atomic_write(path) as f:
         json.dump(data, f, **dump_kwargs)
     return Path(path)
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the folder's lock (:func:`folder_lock`)."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file in it, ``fcntl.flock``) while the block runs.
+
+    Two processes writing one folder's results (a study's CSV, a search's trials) would undo each other's
+    work; the second gets :class:`FolderBusyError` at once, naming ``what`` runs there. The lock goes with the
+    process, so a killed run never leaves the folder locked.
+    """
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(f"another {what} is running in {folder}: wait for it to finish, or give another "
+                                  "--output_dir") from None
+        yield

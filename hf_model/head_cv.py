@@ -11,8 +11,10 @@ folder written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import io
 import logging
 import tempfile
 import time
@@ -128,8 +130,9 @@ class HeadCrossValidation:
         """``train.train`` of one fold with the head-alone recipe, minus the model folder (and its log lines)."""
         level = logger.level
         logger.setLevel(max(level, logging.WARNING))  # a study prints one line per cell, not train.py's per fold
-        try:
-            return self._fit_and_test(cfg, args, data)
+        try:  # nor the sgd head's Trainer lines, one per epoch
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self._fit_and_test(cfg, args, data)
         finally:
             logger.setLevel(level)
 

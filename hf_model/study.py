@@ -33,13 +33,14 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from hf_model.atomic import atomic_write, write_json_atomic
+from hf_model.atomic import FolderBusyError, atomic_write, folder_lock, write_json_atomic
 from hf_model.backbones import BACKBONES, default_image_size
-from hf_model.config import HEADS, TrainConfig, parse_args
+from hf_model.config import HEADS, TOP_K, RunRecord, TrainConfig, parse_args
 from hf_model.data import DataError
 from hf_model.experiments import cross_validate, summarize_folds
 from hf_model.head_cv import HeadCrossValidation, load_folds
 from hf_model.reports import markdown_table, new_figure, save_figure
+from hf_model.run_folder import NOT_RECIPE
 
 logger = logging.getLogger("hf_model")
 
@@ -52,6 +53,9 @@ IMBALANCE = {  # --imbalance name -> the TrainConfig settings it stands for
 METRICS = ("f1_macro", "accuracy", "top5_accuracy", "roc_auc")
 CELL_FIELDS = ("backbone", "image_size", "imbalance", "head", "unfreeze_top_blocks")
 NATIVE = "native"
+# TrainingArguments that say where and how verbosely to write, not what a cell computes
+NOT_TRAINING_SETTINGS = ("output_dir", "logging_dir", "run_name", "disable_tqdm", "push_to_hub", "hub_model_id",
+                         "hub_strategy", "hub_private_repo", "resume_from_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(flag in train_flags for flag in ("--cv_folds", "--backbone", "--image_size")):
         parser.error("give the grid with --folds, --backbones and --image_sizes (the study's own flags), not "
                      "--cv_folds / --backbone / --image_size")
+    if Path(study.output_dir).exists() and not Path(study.output_dir).is_dir():
+        parser.error(f"--output_dir {study.output_dir} is a file: give a folder")
+    if study.learning_curve and (study.imbalance or study.unfreeze_top_blocks != [0]):
+        parser.error("--learning_curve follows train.py's own settings: give --class_weights auto or --oversample "
+                     "(train.py's flags) instead of --imbalance; it fits the head alone (no --unfreeze_top_blocks)")
     cfg, args = parse_args([*train_flags, "--output_dir", study.output_dir, "--disable_tqdm", "true"])
     if study.learning_curve and max(len(study.backbones or []), len(study.image_sizes), len(study.heads or [])) > 1:
         parser.error("--learning_curve follows one backbone at one size with one head: give at most one of each")
@@ -103,20 +112,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     offline = [name for name, backbone in BACKBONES.items() if backbone.offline]
     try:
         cells = plan_cells(cfg, study.backbones or ([cfg.backbone] if study.learning_curve else offline),
-                           study.image_sizes, study.imbalance, study.heads or [cfg.head], study.unfreeze_top_blocks)
+                           study.image_sizes, study.imbalance or list(IMBALANCE), study.heads or [cfg.head],
+                           study.unfreeze_top_blocks)
     except ValueError as err:
         parser.error(str(err))
     try:
-        if study.learning_curve:
-            from hf_model.learning_curve import run_learning_curve
-
-            cfg = dataclasses.replace(cfg, backbone=cells[0].backbone, image_size=cells[0].image_size,
-                                      head=cells[0].head)
-            return run_learning_curve(cfg, args, study.folds, study.fractions, Path(study.output_dir), study.repeats)
-        return run_study(cfg, args, cells, study.folds, study.metric, Path(study.output_dir), train_flags,
-                         resume=not study.no_resume)
-    except (DataError, FileNotFoundError, StudyFolderError) as err:
+        with folder_lock(study.output_dir, "hf-model study"):
+            return _run(study, cfg, args, cells)
+    except (DataError, FileNotFoundError, StudyFolderError, FolderBusyError) as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the finished cells are in {Path(study.output_dir) / STUDY_CSV}; rerun the same command "
+              "to run the rest", file=sys.stderr)
+        sys.exit(130)
+
+
+def _run(study: argparse.Namespace, cfg: TrainConfig, args: TrainingArguments, cells: list[Cell]) -> list[dict]:
+    """The learning curve (one cell's settings) or the grid."""
+    if study.learning_curve:
+        from hf_model.learning_curve import run_learning_curve
+
+        cfg = dataclasses.replace(cfg, backbone=cells[0].backbone, image_size=cells[0].image_size, head=cells[0].head)
+        return run_learning_curve(cfg, args, study.folds, study.fractions, Path(study.output_dir), study.repeats)
+    return run_study(cfg, args, cells, study.folds, study.metric, Path(study.output_dir), resume=not study.no_resume)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "--learning_curve, the preset's)")
     parser.add_argument("--image_sizes", nargs="+", default=[NATIVE],
                         help="input sizes in pixels; 'native' is each backbone's own (default: native)")
-    parser.add_argument("--imbalance", nargs="+", default=list(IMBALANCE), choices=list(IMBALANCE),
+    parser.add_argument("--imbalance", nargs="+", default=None, choices=list(IMBALANCE),
                         help="none, class_weights (--class_weights auto), oversample (--oversample); default: all")
     parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=None,
                         help="heads to compare (default: the preset's or --head's)")
@@ -185,16 +203,13 @@ class StudyFolderError(ValueError):
 
 
 def run_study(cfg: TrainConfig, args: TrainingArguments, cells: list[Cell], n_folds: int, metric: str,
-              output_dir: Path, train_flags: Sequence[str], resume: bool = True) -> list[dict]:
+              output_dir: Path, resume: bool = True) -> list[dict]:
     """Cross-validate every cell not yet in ``study.csv``; returns every cell's row (finished ones included).
 
     Raises :class:`StudyFolderError` when ``output_dir`` holds a study with other data, folds or flags.
     """
-    settings = {"data_dir": cfg.data_dir, "dataset": cfg.dataset, "folds": n_folds, "seed": args.seed,
-                "train_flags": list(train_flags)}
+    settings = study_settings(cfg, args, n_folds)
     rows = _previous_rows(output_dir, settings) if resume else []
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / STUDY_JSON, settings)
     done = {_row_cell(row) for row in rows}
     todo = [cell for cell in cells if cell not in done]
     logger.info("study: %d cells, %d already in %s, %d to run (%d-fold cross-validation each)", len(cells),
@@ -203,6 +218,11 @@ def run_study(cfg: TrainConfig, args: TrainingArguments, cells: list[Cell], n_fo
         logger.warning("study: %d cells fine-tune blocks: each is %d whole training runs on images, minutes per fold "
                        "on a CPU (the head-alone cells take seconds)", sum(c.fine_tunes for c in todo), n_folds)
     folds = load_folds(cfg, args.seed, n_folds) if todo else []
+    n_classes = len(folds[0]["train"].features["label"].names) if folds else None
+    if metric == "top5_accuracy" and n_classes is not None and n_classes <= TOP_K:
+        raise StudyFolderError(f"--metric top5_accuracy needs more than {TOP_K} classes, and these photos have "
+                               f"{n_classes}: choose f1_macro or accuracy")
+    write_json_atomic(output_dir / STUDY_JSON, settings)  # once the photos load: a failed start leaves no claim
     for (backbone, size), group in itertools.groupby(todo, key=lambda c: (c.backbone, c.image_size)):
         group = list(group)
         setup_cfg = dataclasses.replace(cfg, backbone=backbone, image_size=size)
@@ -269,13 +289,27 @@ def _number(text: str) -> float | None:
     return float(text) if text not in ("", "None") else None
 
 
+def study_settings(cfg: TrainConfig, args: TrainingArguments, n_folds: int) -> dict:
+    """What makes two studies comparable cell for cell: the photos (absolute paths), folds, seed and every
+    ``train.py`` setting the grid does not vary, as JSON values (the run record's normalized form)."""
+    record = RunRecord(cfg, args).to_dict()
+    varied = (*CELL_FIELDS, "class_weights", "oversample", *NOT_RECIPE, "cv_folds")
+    settings = {"folds": n_folds, **{f"config.{k}": v for k, v in record["config"].items() if k not in varied},
+                **{f"training_args.{k}": v for k, v in record["training_args"].items()
+                   if k not in NOT_TRAINING_SETTINGS}}
+    return json.loads(json.dumps(settings, default=str))
+
+
 def _previous_rows(output_dir: Path, settings: dict) -> list[dict]:
     previous = output_dir / STUDY_JSON
     if not previous.is_file():
         return []
-    if json.loads(previous.read_text()) != settings:
-        raise StudyFolderError(f"{output_dir} holds a study of other photos, folds or train.py flags "
-                               f"({previous}): give another --output_dir, or --no_resume to start over there")
+    held = json.loads(previous.read_text())
+    if held != settings:
+        differ = sorted(key for key in held.keys() | settings.keys() if held.get(key) != settings.get(key))
+        raise StudyFolderError(f"{output_dir} holds a study of other photos, folds or train.py settings (they differ "
+                               f"in: {', '.join(differ)}; {previous}): give another --output_dir, or --no_resume to "
+                               "start over there")
     return read_rows(output_dir / STUDY_CSV) if (output_dir / STUDY_CSV).is_file() else []
 
 
@@ -301,7 +335,8 @@ def write_markdown(path: Path, rows: list[dict], metric: str, n_folds: int, sett
     text = "\n".join([
         f"# Study: {n_folds}-fold cross-validation over {photos} labeled photos",
         "",
-        f"Data: `{settings['data_dir'] or settings['dataset']}`; seed {settings['seed']}; every cell tests the same "
+        f"Data: `{settings['config.data_dir'] or settings['config.dataset']}`; seed {settings['training_args.seed']}; "
+        "every cell tests the same "
         f"{n_folds} folds. Figures are mean ± standard deviation over the folds; ECE is the expected calibration "
         "error over every test photo at once; fit s is the cell's wall time (features cached); GFLOPs is one "
         "photo's forward pass in billions of floating-point operations (PyTorch's count), ms/photo its median time "

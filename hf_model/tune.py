@@ -50,7 +50,7 @@ from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_model.adapters import adapter_for
-from hf_model.atomic import atomic_write, write_json_atomic
+from hf_model.atomic import FolderBusyError, atomic_write, folder_lock, write_json_atomic
 from hf_model.config import CLASS_WEIGHTS, RunRecord, TrainConfig, parse_args
 from hf_model.data import DataError, load_data, training_photos
 from hf_model.freezing import set_trainable
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
     command = shlex.join(["hf-model", "tune", *argv])
     try:
         return tune(cfg, args, options, command)
-    except (DataError, FileNotFoundError, TuneError) as err:
+    except (DataError, FileNotFoundError, TuneError, FolderBusyError) as err:
         sys.exit(f"error: {err}")
 
 
@@ -178,7 +178,12 @@ def check_options(parser: argparse.ArgumentParser, options: argparse.Namespace, 
 def tune(cfg: TrainConfig, args: TrainingArguments, options: argparse.Namespace, command: str) -> optuna.Study:
     """Run the trials still missing from ``output_dir/optuna.db`` and write the reports; returns the study."""
     folder = Path(options.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    with folder_lock(folder, "hf-model tune"):  # a second search here would fail the first one's running trial
+        return _tune(folder, cfg, args, options, command)
+
+
+def _tune(folder: Path, cfg: TrainConfig, args: TrainingArguments, options: argparse.Namespace,
+          command: str) -> optuna.Study:
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder.resolve() / STUDY_DB}")
     study = open_study(storage, folder, options.search, options.sampler, args.seed, identity(cfg, args, options),
                        command)

@@ -21,3 +21,21 @@ def test_failed_write_keeps_old_file_and_leaves_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old,rows\n"
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
+
+
+def test_a_locked_folder_refuses_a_second_writer_and_frees_itself(tmp_path):
+    import subprocess
+    import sys
+
+    from hf_model.atomic import FolderBusyError, folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom hf_model.atomic import folder_lock\n"
+                               f"with folder_lock({str(tmp_path)!r}, 'test'):\n    print('held', flush=True)\n"
+                               "    sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(FolderBusyError, match=f"another hf-model study is running in {tmp_path}"):
+        with folder_lock(tmp_path, "hf-model study"):
+            pass
+    holder.communicate("")  # the holder exits, and the lock goes with it
+    with folder_lock(tmp_path, "hf-model study"):
+        assert (tmp_path / ".lock").exists()

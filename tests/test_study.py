@@ -169,3 +169,41 @@ def test_train_py_s_head_flag_is_not_taken_for_the_study_s_heads(image_folder, t
                 "--folds", "2", "--learning_curve", "--fractions", "0.5", "1.0", "--repeats", "1", "--head", "ncm"])
 
     assert heads == ["ncm", "ncm"]  # argparse abbreviations would have read --head as --heads, and fitted logistic
+
+
+def test_a_study_that_failed_to_start_does_not_claim_its_folder(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit, match="does not exist"):
+        _study(tmp_path / "no-such-photos", tiny_convnext, out, "--imbalance", "none")
+
+    rows = _study(image_folder, tiny_convnext, out, "--imbalance", "none")  # the corrected command runs there
+    assert len(rows) == 1
+
+
+def test_the_same_study_spelled_differently_resumes_instead_of_being_refused(image_folder, tiny_convnext, tmp_path):
+    out = tmp_path / "study"
+    _study(image_folder, tiny_convnext, out, "--imbalance", "none")
+
+    rows = study.main(["--seed", "42", "--data_dir", f"{image_folder}/", "--backbones", tiny_convnext, "--output_dir",
+                       str(out), "--folds", "2", "--imbalance", "none"])  # the default seed given, a trailing slash
+    assert len(rows) == 1
+
+
+def test_top5_on_two_classes_is_refused_before_any_cell_runs(image_folder, tiny_convnext, tmp_path):
+    with pytest.raises(SystemExit, match="top5_accuracy needs more than 5 classes"):
+        _study(image_folder, tiny_convnext, tmp_path / "study", "--imbalance", "none", "--metric", "top5_accuracy")
+    assert not (tmp_path / "study" / "study.csv").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--output_dir", "FILE"], "is a file: give a folder"),
+    (["--learning_curve", "--imbalance", "oversample"], "instead of --imbalance"),
+])
+def test_misused_study_flags_are_usage_errors(extra, message, image_folder, tmp_path, capsys):
+    (tmp_path / "FILE").write_text("not a folder")
+    extra = [str(tmp_path / "FILE") if e == "FILE" else e for e in extra]
+    argv = ["--data_dir", str(image_folder), *(["--output_dir", str(tmp_path / "s")] if "--output_dir" not in extra
+                                               else []), *extra]
+    with pytest.raises(SystemExit) as exit_:
+        study.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
