@@ -377,8 +377,8 @@ def plot_study(path: Path, rows: list[dict], metric: str) -> Path:
     ax.plot(*position[id(best)], "o", ms=15, mfc="none", mec="black", label="best")
     for backbone, color in colors.items():
         ax.plot([], [], "o", color=color, label=Path(backbone).name)
-    for name, marker in markers.items():
-        ax.plot([], [], marker, color="gray", label=f"imbalance: {name}")
+    for name in dict.fromkeys(row["imbalance"] for row in rows):
+        ax.plot([], [], markers[name], color="gray", label=f"imbalance: {name}")
     for head in heads[1:]:
         ax.plot([], [], "o", color="gray", mfc="white", label=f"hollow: {head} head (filled: {heads[0]})")
     ax.set_xlabel("inference cost (GFLOPs per photo)")
