@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from hf_model import __version__
+
 # command -> (module:function taking argv, one-line help); each module owns its own argument parsing
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_model.training:main", "fine-tune a backbone on a folder or Hub dataset (same as train.py)"),
@@ -21,10 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"hf-model {__version__}")
+        return
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: hf-model <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: hf-model <command> [options]   (hf-model --version: the package version)\n\ncommands:\n"
+              + "\n".join(lines))
         if argv and argv[0] not in ("-h", "--help"):
             sys.exit(f"hf-model: unknown command {argv[0]!r}")
         return

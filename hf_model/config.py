@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
+from hf_model import __version__
 from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE
 
@@ -198,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     """
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser((TrainConfig, TrainingArguments))
+    parser.add_argument("--version", action="version", version=f"hf-model {__version__}")
     parser.set_defaults(**BASE_DEFAULTS)
     preset, _ = parser.parse_known_args(argv)
     if preset.preset:

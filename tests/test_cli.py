@@ -36,3 +36,23 @@ def test_command_runs_its_module_main_with_the_remaining_arguments(command, monk
     monkeypatch.setattr(importlib.import_module(module), function, calls.append)
     main([command, "runs/model", "photo.jpg", "--top_k", "2"])
     assert calls == [["runs/model", "photo.jpg", "--top_k", "2"]]
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["-V"]])
+def test_version_prints_the_installed_package_version(argv, capsys):
+    from importlib.metadata import version
+
+    main(argv)
+
+    assert capsys.readouterr().out.strip() == f"hf-model {version('hf-model')}"
+
+
+def test_train_py_version_prints_the_package_version_and_exits_zero(capsys):
+    from importlib.metadata import version
+
+    from hf_model.config import parse_args
+
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-model {version('hf-model')}"
