@@ -553,12 +553,12 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix) atomically, then free it; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as f:  # a kill mid-save leaves the previous plot, not half a PNG
-        fig.savefig(f, dpi=DPI, format=path.suffix.lstrip(".") or "png")
+        fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     fig.clear()  # a pyplot-free Figure is freed once unreferenced; clear() drops its artists now
     return path
 

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 from datasets import Dataset, Features
 from datasets import Image as ImageFeature
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
@@ -54,6 +53,7 @@ from hf_model.flags import whole_number
 from hf_model.images import list_images
 from hf_model.metrics import softmax
 from hf_model.predict import expand_paths, load_or_explain, read_photo
+from hf_model.reports import new_figure, save_figure
 
 logger = logging.getLogger("hf_model")
 
@@ -260,9 +260,7 @@ def draw_contact_sheet(rows: list[dict], title: str) -> Figure:
     """A grid of the suggested photos (:data:`SHEET_COLUMNS` a row), each titled rank, predicted label, probability."""
     columns = max(1, min(SHEET_COLUMNS, len(rows)))
     grid_rows = max(1, math.ceil(len(rows) / columns))
-    fig = Figure(figsize=(THUMBNAIL_INCHES * columns + 0.2, (THUMBNAIL_INCHES + 0.35) * grid_rows + 0.5),
-                 layout="constrained")
-    FigureCanvasAgg(fig)  # render with Agg whatever the process-wide backend is
+    fig = new_figure(THUMBNAIL_INCHES * columns + 0.2, (THUMBNAIL_INCHES + 0.35) * grid_rows + 0.5)
     fig.suptitle(textwrap.fill(title, width=int(12 * fig.get_figwidth())), fontsize=9)
     for ax, row in zip(np.atleast_1d(fig.subplots(grid_rows, columns)).ravel(), rows):
         image = read_photo(Path(row["file"]))
@@ -283,9 +281,7 @@ def write_suggestions(rows: list[dict], output_dir: Path, title: str) -> tuple[P
         writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    fig = draw_contact_sheet(rows, title)
-    with atomic_write(png_path, "wb") as out:
-        fig.savefig(out, dpi=SHEET_DPI, format="png")
+    save_figure(draw_contact_sheet(rows, title), png_path, dpi=SHEET_DPI)
     return csv_path, png_path
 
 
