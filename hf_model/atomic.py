@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from hf_model.exit_status import UserInputError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
@@ -46,7 +48,7 @@ def write_json_atomic(path: str | Path, data, **dump_kwargs) -> Path:
     return Path(path)
 
 
-class FolderBusyError(RuntimeError):
+class FolderBusyError(UserInputError, RuntimeError):
     """Another process holds the folder's lock (:func:`folder_lock`)."""
 
 

@@ -9,6 +9,7 @@ directory under the cache dir.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 from hf_model.adapters import adapter_for
+from hf_model.exit_status import UserInputError
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -69,6 +71,41 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+class NotAModelError(UserInputError, ValueError):
+    """The model argument is neither a model folder nor a Hub id that loads; the message says which and why."""
+
+
+def load_config(source: str):
+    """``AutoConfig.from_pretrained(source)``; raises :class:`NotAModelError` saying in one line why it failed."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise NotAModelError(not_a_model_reason(source, err)) from err
+
+
+def not_a_model_reason(source: str, err: Exception) -> str:
+    """Why ``source`` did not load as a model, for a person; ``err`` is what transformers raised."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if Path(source).is_dir():
+        return f"{source} is a folder, but not a model folder (train.py --output_dir): {cause}"
+    try:
+        validate_repo_id(source)
+    except HFValidationError:  # "/abs/path", "../runs/x", "a/b/c": only ever a path
+        return f"{source}: no such model folder (and, as a path, it cannot be a Hub id)"
+    if difflib.get_close_matches(source, BACKBONES, n=1):  # "efficientnet-lite9": a registry name mistyped
+        return f"{source} is neither a model folder, a Hub id nor a registry backbone ({', '.join(BACKBONES)})"
+    if constants.HF_HUB_OFFLINE:
+        return f"{source} is neither a model folder nor a Hub id (and the Hub is offline: HF_HUB_OFFLINE=1)"
+    if "couldn't connect" in cause.lower():
+        return f"{source} is neither a model folder nor a Hub id (and the Hub cannot be reached)"
+    return f"{source} is neither a model folder nor a Hub id that could be loaded: {cause}"
+
+
 def default_cache_dir() -> Path:
     """Where converted backbones live: ``$HF_MODEL_CACHE`` or ``~/.cache/hf_model``."""
     return Path(os.environ.get("HF_MODEL_CACHE", Path.home() / ".cache" / "hf_model"))
@@ -83,11 +120,11 @@ def resolve_backbone(name: str, cache_dir: str | Path | None = None) -> str:
         return backbone.hub_id
     if Path(name).exists():
         if not (Path(name) / "config.json").is_file():
-            raise FileNotFoundError(f"{name} is a path but holds no config.json: not a Hugging Face model directory")
+            raise NotAModelError(f"{name} is a path but holds no config.json: not a Hugging Face model directory")
         return name
     if name.count("/") == 1:
         return name  # a Hub id; from_pretrained reports an unreachable Hub itself
-    raise ValueError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)}, a model directory or a Hub id")
+    raise NotAModelError(f"unknown backbone {name!r}: use one of {sorted(BACKBONES)}, a model directory or a Hub id")
 
 
 def default_image_size(name: str) -> int:
@@ -96,7 +133,7 @@ def default_image_size(name: str) -> int:
     A registry backbone: the size it was pretrained at. A model folder trained by ``train.py``: the size its
     run record (``hf_model_config.json``) says it was trained at. Any other folder, or a Hub id: the size its
     saved preprocessing feeds the model (timm: ``pretrained_cfg``; HF-native: the image processor's crop or
-    resize). Raises ``OSError`` when that cannot be loaded (e.g. a Hub id, offline and not cached).
+    resize). Raises :class:`NotAModelError` when that cannot be loaded (e.g. a Hub id, offline and not cached).
     """
     from hf_model.config import RUN_CONFIG_FILE  # config.py imports this module
 
@@ -108,9 +145,7 @@ def default_image_size(name: str) -> int:
 
 
 def _saved_image_size(source: str) -> int:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(source)
+    config = load_config(source)
     adapter = adapter_for(config)
     return adapter.image_size(adapter.load_processor(source, config))
 
@@ -211,9 +246,9 @@ def load_model(source: str, labels: list[str], image_size: int | None = None):
     ``image_size`` is recorded where the architecture keeps it (its adapter's ``set_image_size``),
     so that the saved model's preprocessing matches training.
     """
-    from transformers import AutoConfig, AutoModelForImageClassification
+    from transformers import AutoModelForImageClassification
 
-    config = AutoConfig.from_pretrained(source)
+    config = load_config(source)
     known = class_names(config)
     # note: set on the loaded config, not passed as num_labels=...: that warns of a conflict with the saved id2label
     config.id2label = dict(enumerate(labels))  # num_labels follows
@@ -276,7 +311,5 @@ def load_image_processor(source: str, model_config=None, image_size: int | None 
     Where it comes from is the architecture's adapter's answer: ``timm_wrapper`` models keep it in
     ``config.json``; HF-native models get their saved image processor resized.
     """
-    from transformers import AutoConfig
-
-    config = model_config if model_config is not None else AutoConfig.from_pretrained(source)
+    config = model_config if model_config is not None else load_config(source)
     return adapter_for(config).load_processor(source, config, image_size)

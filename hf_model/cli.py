@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib
 import sys
+import textwrap
 
 from hf_model import __version__
+from hf_model.exit_status import DEBUG_FLAG, USAGE, exit_statuses
+
+EXIT_STATUSES = (exit_statuses("the command did its job", "it could not (its last line says why)")
+                 + " Each command's --help says what 0 and 1 mean for it.")
 
 # command -> (module:function taking argv, one-line help); each module owns its own argument parsing
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,13 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] in (["--version"], ["-V"]):
         print(f"hf-model {__version__}")
         return
+    if argv[:1] == [DEBUG_FLAG]:  # `hf-model --debug predict ...`: the command reads it among its own flags
+        argv = [*argv[1:2], DEBUG_FLAG, *argv[2:]]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: hf-model <command> [options]   (hf-model --version: the package version)\n\ncommands:\n"
-              + "\n".join(lines))
-        if argv and argv[0] not in ("-h", "--help"):
-            sys.exit(f"hf-model: unknown command {argv[0]!r}")
+        print("usage: hf-model [--debug] <command> [options]   (hf-model --version: the package version)\n\n"
+              "commands:\n" + "\n".join(lines) + "\n\n" + textwrap.fill(EXIT_STATUSES, width=100))
+        if not argv:
+            sys.exit(USAGE)
+        if argv[0] not in ("-h", "--help"):
+            print(f"hf-model: error: unknown command {argv[0]!r}", file=sys.stderr)
+            sys.exit(USAGE)
         return
     module, function = COMMANDS[argv[0]][0].split(":")
     getattr(importlib.import_module(module), function)(argv[1:])

@@ -25,6 +25,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from hf_model import __version__
 from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE
+from hf_model.exit_status import exit_statuses
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one
 CLASS_WEIGHTS = ("none", "auto")
 HEADS = ("logistic", "ncm", "sgd")  # how stage 1 fits the head: hf_model.heads (closed form) or Trainer (sgd)
 RUN_CONFIG_FILE = "hf_model_config.json"
+TRAIN_EXIT_STATUSES = exit_statuses(
+    "the model was trained (or the folder already held this finished run)",
+    "the photos, labels or output folder cannot be used (the message says which and why)")
 PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir", "preset_file")  # local files or folders
 # TrainingArguments that check the machine (a GPU, bf16, DeepSpeed): a record written on a GPU loads anywhere
 HARDWARE_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "deepspeed", "fsdp", "fsdp_config",
@@ -55,7 +59,8 @@ class TrainConfig:
     labels_file: str | None = field(
         default=None, metadata={"help": "bedrooms: labels.csv or labels.txt (default: labels.csv)"})
     image_column: str = field(default="image", metadata={"help": "image column of a Hub dataset"})
-    label_column: str = field(default="label", metadata={"help": "label column of a Hub dataset"})
+    label_column: str = field(default="label", metadata={
+        "help": "label column of a Hub dataset, or of a metadata.csv/.jsonl/.parquet under --data_dir"})
     split_fractions: list[float] = field(
         default_factory=lambda: list(DEFAULT_SPLIT_FRACTIONS), metadata={"help": "train, validation, test shares"})
     skip_bad_images: bool = field(default=False, metadata={"help": "skip unreadable photos with a warning"})
@@ -198,7 +203,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     A bad value exits with a usage error naming the flag (argparse's exit code 2), not a traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((TrainConfig, TrainingArguments))
+    parser = HfArgumentParser((TrainConfig, TrainingArguments), epilog=TRAIN_EXIT_STATUSES)
     parser.add_argument("--version", action="version", version=f"hf-model {__version__}")
     parser.set_defaults(**BASE_DEFAULTS)
     preset, _ = parser.parse_known_args(argv)

@@ -1,7 +1,9 @@
 """Dataset builders: every source becomes a ``DatasetDict`` of ``image: Image()``, ``label: ClassLabel``.
 
 Sources: the bedroom folder (``bed_N.jpg`` + ``labels.csv`` or ``labels.txt``), the Kaggle
-birds layout (``birds.csv``), class folders (optionally split in advance) and any Hub dataset.
+birds layout (``birds.csv``), the ``datasets`` ImageFolder layouts (class folders, or a ``metadata.csv``,
+``.jsonl`` or ``.parquet`` whose ``file_name`` and label columns name each photo's class; either optionally
+split in advance into train/, validation/, test/) and any Hub dataset.
 Photos in folders are found with :func:`hf_model.images.list_images`, as prediction finds them.
 Splits are seeded, stratified by label and grouped so that near-duplicate photos (perceptual
 hash) always land in the same split. Every photo is decoded once up front, so a broken file is
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -26,6 +30,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets, load_dataset
 
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, TrainConfig
+from hf_model.exit_status import UserInputError
 from hf_model.images import IMAGE_SUFFIXES, is_hidden, list_images, open_image, skipped_files
 
 logger = logging.getLogger(__name__)
@@ -36,9 +41,13 @@ SPLIT_FOLDERS = {"train": "train", "validation": "validation", "valid": "validat
                  "test": "test"}
 LAYOUTS_ACCEPTED = (
     "Layouts accepted: class folders, <data_dir>/<class>/<photo> (photos may sit in subfolders of their class "
-    "folder: bedroom/2022/a.jpg is a 'bedroom' photo); the same class folders inside <data_dir>/train/, "
-    "validation/ (or valid/, val/) and test/ for splits made in advance; bed_N.jpg photos with labels.csv or "
-    "labels.txt; birds.csv beside the photos it lists.")
+    "folder: bedroom/2022/a.jpg is a 'bedroom' photo); a metadata.csv (or metadata.jsonl, metadata.parquet) with "
+    "columns file_name (the photo's path relative to the metadata file) and label (its class), as datasets' "
+    "ImageFolder reads it; either inside <data_dir>/train/, validation/ (or valid/, val/) and test/ for splits made "
+    "in advance; bed_N.jpg photos with labels.csv or labels.txt; birds.csv beside the photos it lists.")
+# The metadata files of datasets' ImageFolder (FolderBasedBuilder.METADATA_FILENAMES) and the column naming each photo.
+METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+FILE_NAME_COLUMN = "file_name"
 BEDROOM_CLASSES = {"M": "Modern", "O": "Old"}
 # Two photos are near-duplicates when both their 64-bit pHash and dHash differ in at most
 # this many bits (the rule behind shared/data/bedrooms/duplicates.csv).
@@ -46,7 +55,7 @@ NEAR_DUPLICATE_BITS = 10
 CLASSES_LISTED = 12  # the log names each class and its count up to this many classes, then summarises
 
 
-class DataError(ValueError):
+class DataError(UserInputError, ValueError):
     """The photos or labels given cannot be trained on as they are; the message names the file and the fix."""
 
 
@@ -102,12 +111,18 @@ def build_dataset(
     if not data_dir:
         raise DataError("give a --data_dir (a folder of photos) or a --dataset (a Hub dataset id)")
     layout = detect_layout(data_dir)
+    if labels_file and layout == "imagefolder" and any(Path(data_dir).glob("bed_*.jpg")):
+        layout = "bedrooms"  # bed_N.jpg photos whose labels file has another name
+    if labels_file and layout != "bedrooms":  # read by the bed_N.jpg layout only: never ignore it silently
+        raise DataError(f"--labels_file {labels_file}: only a folder of bed_N.jpg photos reads a labels file, and "
+                        f"{data_dir} is not one (its labels come from {layout_labels(layout)}); to label photos from a "
+                        "file, put a metadata.csv with file_name and label columns beside them")
     if layout == "bedrooms":
         found = read_bedroom_labels(data_dir, labels_file)
     elif layout == "birds":
         found = read_birds_csv(data_dir)
     else:
-        return build_imagefolder_dataset(data_dir, split_fractions, seed, skip_bad_images, cv_fold)
+        return build_imagefolder_dataset(data_dir, split_fractions, seed, skip_bad_images, cv_fold, label_column)
     return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
 
 
@@ -278,6 +293,208 @@ def _skip_missing(rows: list[LabelRow], root: Path, present: set[str]) -> list[L
     return [row for row in rows if row.file in present]
 
 
+# ---- metadata files: the datasets ImageFolder convention (a file_name column, a label column) ----
+
+def find_metadata_files(root: Path) -> list[Path]:
+    """The metadata files under ``root`` at any depth, hidden folders left out, sorted by path.
+
+    Raises:
+        DataError: metadata files of two formats (``datasets`` refuses such a folder too), naming them.
+    """
+    found = sorted(path for path in root.rglob("metadata.*")
+                   if path.name in METADATA_FILES and path.is_file() and not is_hidden(path.relative_to(root)))
+    formats = {path.suffix for path in found}
+    if len(formats) > 1:
+        shown = ", ".join(str(path.relative_to(root)) for path in found[:4])
+        raise DataError(f"{root}: metadata files of {len(formats)} formats ({shown}); keep one format "
+                        f"({', '.join(METADATA_FILES)}) for the whole folder, as datasets' ImageFolder requires")
+    return found
+
+
+def read_metadata(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
+    """A metadata file's column names and its rows, each with where it was read (``metadata.csv:5``,
+    ``metadata.jsonl:4``, ``metadata.parquet row 3``). CSV cells are text; JSON Lines and Parquet keep their types.
+
+    Raises:
+        DataError: a file that does not parse, naming it (and the line, for JSON Lines).
+    """
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: Excel's "CSV UTF-8" starts with a BOM
+                reader = csv.DictReader(f)
+                rows = [(f"{path}:{reader.line_num}", row) for row in reader]
+                return list(reader.fieldnames or []), rows
+        if path.suffix == ".jsonl":
+            return _read_json_lines(path)
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return table.column_names, [(f"{path} row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    except DataError:
+        raise
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: cannot be read as {path.suffix[1:].upper()} ({type(err).__name__}: {err})") from None
+
+
+def _read_json_lines(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
+    columns: dict[str, None] = {}  # every key of every row, in order of first appearance
+    rows = []
+    for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{line}: not a JSON object ({err}); metadata.jsonl holds one object a line, "
+                            '{"file_name": "a.jpg", "label": "cat"}') from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line}: a {type(row).__name__}, not a JSON object; metadata.jsonl holds one "
+                            'object a line, {"file_name": "a.jpg", "label": "cat"}')
+        columns.update(dict.fromkeys(row))
+        rows.append((f"{path}:{line}", row))
+    return list(columns), rows
+
+
+def read_metadata_labels(data_dir: str | Path, label_column: str = "label") -> LabeledFiles | None:
+    """Photos and labels from the metadata files under ``data_dir`` (``metadata.csv``, ``.jsonl`` or ``.parquet``).
+
+    The ``datasets`` ImageFolder convention: each row names a photo in its ``file_name`` column, a path relative
+    to the metadata file's folder (which may be a split folder, ``train/metadata.csv``), and gives its class in
+    ``label_column``. Labels are class names or numbers; the class names are sorted as text, as ``datasets``'
+    ``class_encode_column`` names a column's values. Other columns are left out (logged). Photos that no row lists
+    are left out, with a warning that counts them. Returns None when no metadata file has ``label_column``: the
+    class folders then give the labels (logged; a :class:`DataError` when there are none).
+
+    Raises:
+        DataError: naming the file (and line): no ``file_name`` column; a metadata file without ``label_column`` beside
+            ones with it; a ``file_name`` outside the metadata file's folder or not a file there; a row without a
+            label; a photo listed twice with two labels; fewer than two classes.
+    """
+    root = Path(data_dir)
+    tables = {path: read_metadata(path) for path in find_metadata_files(root)}
+    if not tables:
+        return None
+    labeled = [path for path, (columns, _) in tables.items() if label_column in columns]
+    if not labeled:
+        _require_class_folders(root, tables, label_column)
+        return None
+    rows: dict[str, LabelRow] = {}
+    for path, (columns, table) in tables.items():
+        _require_columns(path, columns, label_column)
+        for row in _metadata_rows(path, table, label_column):
+            earlier = rows.setdefault(row.file, row)
+            if earlier.label != row.label:
+                raise DataError(f"{row.where}: {row.file} is labeled {row.label!r} here but {earlier.label!r} at "
+                                f"{earlier.where}; keep one row per photo")
+    _warn_about_unlisted_photos(root, rows)
+    source = _metadata_source(root, list(tables), label_column)
+    class_names = sorted({row.label for row in rows.values()})
+    _require_two_classes_listed(source, class_names)
+    unused = sorted({c for columns, _ in tables.values() for c in columns} - {FILE_NAME_COLUMN, label_column})
+    if unused:
+        logger.info("%s: column%s %s not used (training reads the photo and its label)", source,
+                    "s" if len(unused) > 1 else "", ", ".join(unused))
+    if all(re.fullmatch(r"-?\d+", name) for name in class_names):
+        shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
+        logger.warning("%s: the labels are numbers, so the classes are named %s; a column of class names gives "
+                       "predictions readable names", source, shown)
+    index = {name: i for i, name in enumerate(class_names)}
+    return LabeledFiles([row.file for row in rows.values()], [index[row.label] for row in rows.values()], class_names,
+                        [], source)
+
+
+def _require_columns(path: Path, columns: list[str], label_column: str) -> None:
+    for column in (FILE_NAME_COLUMN, label_column):
+        if column not in columns:
+            raise DataError(f"{path}: no {column!r} column (its columns: {', '.join(columns) or 'none'}); each row "
+                            f"names a photo in {FILE_NAME_COLUMN} (its path relative to the folder of {path.name}) "
+                            f"and gives its class in {label_column} (--label_column names another column)")
+
+
+def _metadata_rows(path: Path, table: list[tuple[str, dict]], label_column: str) -> list[LabelRow]:
+    """The rows of one metadata file as (where, photo path under the data folder, class name).
+
+    Raises:
+        DataError: a ``file_name`` that is empty, absolute or leaves the metadata file's folder (``datasets`` refuses
+            those too), a label missing, or files that are not there (counted, the first few named).
+    """
+    folder = path.parent
+    rows, missing = [], []
+    for where, row in table:
+        name = str(row.get(FILE_NAME_COLUMN) or "").strip()
+        relative = os.path.normpath(name)
+        if not name or os.path.isabs(name) or relative == ".." or relative.startswith(".." + os.sep) or "://" in name:
+            raise DataError(f"{where}: file_name {name!r} is not a path inside {folder}; give each photo's path "
+                            f"relative to the folder of {path.name}")
+        label = _label_text(row.get(label_column))
+        if not label:
+            raise DataError(f"{where}: {name} has no label in column {label_column!r}; give every listed photo a "
+                            "label, or remove its row")
+        file = folder / relative
+        if not file.is_file():
+            missing.append(f"{where} {name}")
+        rows.append(LabelRow(where, str(file), label))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise DataError(f"{path}: {len(missing)} of {len(rows)} rows name a file that is not there ({shown}); "
+                        f"file_name is relative to the folder of {path.name}: fix the paths, or remove the rows")
+    return rows
+
+
+def _label_text(value: object) -> str:
+    """A label cell as a class name: text stripped, whole numbers as their digits (a Parquet integer column with a
+    gap reads as float), ``""`` for a missing label (empty, null or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _require_class_folders(root: Path, tables: dict[Path, tuple[list[str], list]], label_column: str) -> None:
+    """Metadata without labels: the class folders give them (logged), or, where photos sit outside class folders,
+    a :class:`DataError` naming the metadata file."""
+    path, (columns, _) = next(iter(tables.items()))
+    folders = [root] + [sub for sub in _visible_folders(root) if sub.name.lower() in SPLIT_FOLDERS]
+    loose = [folder for folder in folders if _photos_directly_in(folder)]
+    if loose or not _visible_folders(root):
+        raise DataError(f"{path}: no {label_column!r} column (its columns: {', '.join(columns) or 'none'}) and the "
+                        f"photos in {loose[0] if loose else root} are not in class folders, so no photo has a label. "
+                        f"Add a {label_column} column (or name yours with --label_column), or move each photo into a "
+                        f"folder named for its class. {LAYOUTS_ACCEPTED}")
+    logger.info("%s: no %r column (its columns: %s): the class folders give the labels",
+                ", ".join(str(p.relative_to(root)) for p in tables), label_column, ", ".join(columns))
+
+
+def _photos_directly_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+                  and not is_hidden(Path(path.name)))
+
+
+def _metadata_source(root: Path, paths: list[Path], label_column: str) -> str:
+    """Where the labels come from, in words for the log and the model card: paths relative to the data folder."""
+    shown = ", ".join(str(path.relative_to(root)) for path in paths[:3]) + (
+        f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"column {label_column!r} of {shown}"
+
+
+def _warn_about_unlisted_photos(root: Path, rows: dict[str, LabelRow]) -> None:
+    listed = {Path(file).resolve() for file in rows}
+    unlisted = [path for path in list_images(root) if path.resolve() not in listed]
+    if unlisted:
+        shown = ", ".join(str(path.relative_to(root)) for path in unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
+        many = len(unlisted) > 1
+        logger.warning("%s: %d photo%s in no metadata file and %s left out (they have no label): %s", root,
+                       len(unlisted), "s are" if many else " is", "are" if many else "is", shown)
+
+
+def _require_two_classes_listed(source: str, class_names: list[str]) -> None:
+    if len(class_names) < 2:
+        found = f"1 class ({class_names[0]})" if class_names else "no labeled photos"
+        raise DataError(f"{source}: {found}; a classifier needs at least two classes: label photos of another class "
+                        "too")
+
+
 def split_labeled_files(
     found: LabeledFiles, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
     cv_fold: tuple[int, int] | None = None,
@@ -335,21 +552,31 @@ def _require_every_class(labels: np.ndarray, class_names: Sequence[str], source:
 
 def build_imagefolder_dataset(
     data_dir: str | Path, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
-    cv_fold: tuple[int, int] | None = None,
+    cv_fold: tuple[int, int] | None = None, label_column: str = "label",
 ) -> DatasetDict:
-    """Class folders: a photo's class is the top-level folder under ``data_dir`` it sits in, at any depth.
+    """The ``datasets`` ImageFolder layouts: labels from a metadata file's ``label_column``, else from class folders.
 
-    Top-level ``train/``, ``validation/`` (or ``valid/``, ``val/``) and ``test/`` folders, each holding the
-    class folders, are splits made in advance: they are kept, and a missing validation or test split
-    is carved from train (with ``cv_fold``, everything is pooled and re-split). Files that are not
-    images are left out and counted in the log; hidden and system files are ignored.
+    A ``metadata.csv`` (``.jsonl``, ``.parquet``) anywhere under ``data_dir`` with ``label_column`` labels the photos
+    it lists (:func:`read_metadata_labels`). Otherwise a photo's class is the top-level folder under ``data_dir`` it
+    sits in, at any depth (a metadata file without the column is then left aside, logged). Top-level ``train/``,
+    ``validation/`` (or ``valid/``, ``val/``) and ``test/`` folders, holding the class folders or the listed photos,
+    are splits made in advance: they are kept, and a missing validation or test split is carved from train (with
+    ``cv_fold``, everything is pooled and re-split). Files that are not images are left out and counted in the log;
+    hidden and system files are ignored.
 
     Raises:
-        ValueError: photos beside class folders, a class folder without photos, fewer than two classes, split
-            folders beside class folders, or a class missing from train/ (each says what to change).
+        DataError: a metadata file that cannot label the photos (see :func:`read_metadata_labels`), photos beside
+            class folders, a class folder without photos, fewer than two classes, split folders beside class
+            folders or photos, or a class missing from train/ (each names the file or folder and what to change).
     """
     root = Path(data_dir)
     _log_skipped_files(root)
+    listed = read_metadata_labels(root, label_column)
+    if listed is not None:
+        given = _listed_by_split(root, listed)
+        if not given:
+            return split_labeled_files(listed, split_fractions, seed, skip_bad_images, cv_fold)
+        return _split_in_advance(given, listed.label_source, split_fractions, seed, skip_bad_images, cv_fold)
     folders = _visible_folders(root)
     split_folders = {f.name.lower(): f for f in folders if f.name.lower() in SPLIT_FOLDERS}
     if not split_folders:
@@ -357,26 +584,73 @@ def build_imagefolder_dataset(
         _require_two_classes(root, list(by_class))
         found = _labeled_files([by_class], sorted(by_class), f"folder names under {data_dir}")
         return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
-    given = _presplit_class_folders(root, folders, split_folders)
-    class_names = sorted(set().union(*given.values()))
+    by_split = _presplit_class_folders(root, folders, split_folders)
+    class_names = sorted(set().union(*by_split.values()))
+    given = {name: _labeled_files([by_class], class_names, f"folder names under {data_dir}")
+             for name, by_class in by_split.items()}
+    return _split_in_advance(given, "class folders", split_fractions, seed, skip_bad_images, cv_fold)
+
+
+def _split_in_advance(
+    given: dict[str, LabeledFiles], source: str, split_fractions: Sequence[float], seed: int, skip_bad_images: bool,
+    cv_fold: tuple[int, int] | None,
+) -> DatasetDict:
+    """The splits made in advance (train and validation and/or test) kept, the missing one carved from train; or,
+    with ``cv_fold`` or train alone, every photo pooled and split. ``source`` says where the labels come from."""
+    class_names = given["train"].class_names
     if cv_fold is not None or set(given) == {"train"}:
-        found = _labeled_files(list(given.values()), class_names, f"folder names under {data_dir}")
-        return split_labeled_files(found, split_fractions, seed, skip_bad_images, cv_fold)
+        parts = list(given.values())
+        pooled = LabeledFiles([f for s in parts for f in s.files], [c for s in parts for c in s.labels], class_names,
+                              [], given["train"].label_source)
+        return split_labeled_files(pooled, split_fractions, seed, skip_bad_images, cv_fold)
     features = Features({"image": Image(), "label": ClassLabel(names=class_names)})
-    splits = {name: _labeled_files([by_class], class_names, "") for name, by_class in given.items()}
-    log_classes(f"class folders in {', '.join(split_folders)}", sum((s.labels for s in splits.values()), []),
-                class_names)
+    log_classes(f"{source} in {', '.join(given)}", sum((s.labels for s in given.values()), []), class_names)
     out = _carve_missing_splits(DatasetDict(
         {name: Dataset.from_dict({"image": s.files, "label": s.labels}, features=features)
-         for name, s in splits.items()}), split_fractions, seed, skip_bad_images)
+         for name, s in given.items()}), split_fractions, seed, skip_bad_images)
     carved = [name for name in SPLITS if name not in given]
-    out.label_source = (f"class folders ({len(class_names)} classes), splits from the folder"
+    out.label_source = (f"{source} ({len(class_names)} classes), splits from the folder"
                         + (f"; {' and '.join(carved)} carved from train" if carved else ""))
     return out
 
 
+def _listed_by_split(root: Path, found: LabeledFiles) -> dict[str, LabeledFiles]:
+    """The photos a metadata file lists, by the split folder (train/, validation/, ...) they sit in; ``{}`` when none
+    sits in one.
+
+    Raises:
+        DataError: photos inside and outside split folders, two folders for one split, no train/ photos, or a class
+            that is not in train/.
+    """
+    folder_of = [_split_folder(root, Path(file)) for file in found.files]
+    if not any(folder_of):
+        return {}
+    outside = [file for file, folder in zip(found.files, folder_of) if folder is None]
+    if outside:
+        inside = sorted({folder for folder in folder_of if folder})
+        raise DataError(f"{found.label_source}: lists photos in split folders ({', '.join(inside)}) and "
+                        f"{len(outside)} outside them ({Path(outside[0]).relative_to(root)}"
+                        f"{', ...' if len(outside) > 1 else ''}): either every photo sits in a split folder or none "
+                        f"does. {LAYOUTS_ACCEPTED}")
+    given: dict[str, LabeledFiles] = {}
+    for file, label, folder in zip(found.files, found.labels, folder_of):
+        split = given.setdefault(SPLIT_FOLDERS[folder.lower()],
+                                 LabeledFiles([], [], found.class_names, [], found.label_source))
+        split.files.append(file)
+        split.labels.append(label)
+    classes = {split: {found.class_names[c] for c in s.labels} for split, s in given.items()}
+    _require_splits_with_train(root, sorted(set(folder_of)), classes)
+    return given
+
+
+def _split_folder(root: Path, file: Path) -> str | None:
+    """The top-level folder of ``file`` under ``root`` when it is a split folder (``train``, ``val``, ...)."""
+    parts = file.relative_to(root).parts
+    return parts[0] if len(parts) > 1 and parts[0].lower() in SPLIT_FOLDERS else None
+
+
 def _log_skipped_files(root: Path) -> None:
-    skipped = skipped_files(root)
+    skipped = [(path, why) for path, why in skipped_files(root) if path.name not in METADATA_FILES]
     if skipped:
         shown = "; ".join(f"{path.relative_to(root)} ({why})" for path, why in skipped[:3])
         what = "1 file is not an image and is" if len(skipped) == 1 else f"{len(skipped)} files are not images and are"
@@ -438,23 +712,29 @@ def _presplit_class_folders(
                          f"({', '.join(others)}): either every top-level folder is a split or every one is a class. "
                          f"{LAYOUTS_ACCEPTED}")
     _refuse_stray_photos(root)
-    given: dict[str, dict[str, list[Path]]] = {}
-    for name, folder in split_folders.items():
-        split = SPLIT_FOLDERS[name]
-        if split in given:
-            twins = [n for n in split_folders if SPLIT_FOLDERS[n] == split]
+    given = {SPLIT_FOLDERS[name]: _class_folders(folder) for name, folder in split_folders.items()}
+    _require_splits_with_train(root, [folder.name for folder in split_folders.values()], given)
+    _require_two_classes(split_folders["train"], sorted(set().union(*given.values())))
+    return given
+
+
+def _require_splits_with_train(root: Path, folder_names: list[str], classes: dict[str, Iterable[str]]) -> None:
+    """Check the split folders of ``root`` and the classes each split holds (``{split: class names}``).
+
+    Raises:
+        DataError: two folders for one split, no train/ folder, or a class with photos in other splits only.
+    """
+    for split in sorted({SPLIT_FOLDERS[name.lower()] for name in folder_names}):
+        twins = [name for name in folder_names if SPLIT_FOLDERS[name.lower()] == split]
+        if len(twins) > 1:
             raise DataError(f"{root}: folders {' and '.join(twins)} both hold the {split} split; keep one")
-        given[split] = _class_folders(folder)
-    if "train" not in given:
-        raise DataError(f"{root}: split folders ({', '.join(split_folders)}) but no train/ folder. {LAYOUTS_ACCEPTED}")
-    class_names = sorted(set().union(*given.values()))
-    _require_two_classes(split_folders["train"], class_names)
-    untrained = [name for name in class_names if name not in given["train"]]
+    if "train" not in classes:
+        raise DataError(f"{root}: split folders ({', '.join(folder_names)}) but no train/ folder. {LAYOUTS_ACCEPTED}")
+    untrained = sorted(set().union(*classes.values()) - set(classes["train"]))
     if untrained:
         raise DataError(f"{root}: class {', '.join(untrained)} has photos in other splits but is not in "
-                         f"{split_folders['train']}: a model cannot predict a class it never trained on. Add its "
-                         "photos to the train folder.")
-    return given
+                        f"{root / 'train'}: a model cannot predict a class it never trained on. Add its photos to the "
+                        "train folder.")
 
 
 def _labeled_files(by_class_parts: list[dict[str, list[Path]]], class_names: list[str], source: str) -> LabeledFiles:
@@ -493,6 +773,24 @@ def _image_cells(split: Dataset) -> list[dict]:
     return list(split.cast_column("image", Image(decode=False))["image"])
 
 
+def layout_labels(layout: str) -> str:
+    """Where the labels of a :func:`detect_layout` layout come from, for messages."""
+    return {"birds": "birds.csv", "bedrooms": "labels.csv"}.get(layout, "its class folders or a metadata file")
+
+
+def load_hub_dataset(name: str) -> DatasetDict:
+    """``datasets.load_dataset(name)``; raises :class:`DataError` in one line when it cannot be found or reached."""
+    from huggingface_hub import constants
+
+    try:
+        return load_dataset(name)
+    except (ConnectionError, FileNotFoundError) as err:  # datasets' DatasetNotFoundError is a FileNotFoundError
+        offline = " (and the Hub is offline: HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else ""
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"--dataset {name}: neither a local folder nor a Hub dataset that could be loaded{offline}: "
+                        f"{cause}") from err
+
+
 def build_hub_dataset(
     name: str, image_column: str, label_column: str, split_fractions: Sequence[float], seed: int,
     skip_bad_images: bool, cv_fold: tuple[int, int] | None = None,
@@ -502,12 +800,14 @@ def build_hub_dataset(
     Its own splits are kept: a train split with validation and/or test keeps them and gets the missing one
     carved from train; a dataset with no such splits (or with ``cv_fold``) is pooled and re-split.
     """
-    loaded = load_dataset(name)
+    loaded = load_hub_dataset(name)
     first = loaded[next(iter(loaded))]
     for column in (image_column, label_column):
         if column not in first.column_names:
+            local = (f"; {name} is a local folder: pass it as --data_dir, where class folders give the labels even "
+                     "beside a metadata file" if Path(name).is_dir() else "")
             raise DataError(f"{name} has no column {column!r}; its columns are {first.column_names} "
-                             "(set --image_column / --label_column)")
+                            f"(set --image_column / --label_column){local}")
     loaded = loaded.select_columns([image_column, label_column])
     loaded = loaded.rename_columns({c: t for c, t in [(image_column, "image"), (label_column, "label")] if c != t})
     if not isinstance(first.features[label_column], ClassLabel):

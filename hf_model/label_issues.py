@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from hf_model.atomic import atomic_write
 from hf_model.config import RunRecord, load_run_config
 from hf_model.data import HAND_LABELED_SPLITS, DataError, load_data
+from hf_model.exit_status import command, exit_statuses
 from hf_model.features import photo_digests
 from hf_model.flags import whole_number
 from hf_model.heads import INNER_FOLDS, LinearHead, fit_head, inner_folds, out_of_fold_logits
@@ -47,7 +48,7 @@ LABEL_ISSUES_PNG = "label_issues.png"
 CSV_COLUMNS = ("rank", "file", "split", "index", "given_label", "suggested_label", "p_given", "p_suggested")
 DEFAULT_TOP = 12  # photos on the contact sheet: three rows of four
 CLASSES_LISTED = 12  # the summary line counts flags per class up to this many classes, the most flagged first
-EXIT_CODES = "exit status: 0 done (flagged photos or none), 1 error (not a finished run, photos missing), 2 usage"
+EXIT_CODES = exit_statuses("done (flagged photos or none)", "not a finished run, or its photos are missing")
 
 
 # ---------------------------------------------------------------- the method, on arrays
@@ -252,6 +253,7 @@ def _short(label: str, width: int = 22) -> str:
     return textwrap.shorten(label, width=width, placeholder="…")
 
 
+@command("hf-model label-issues")
 def main(argv: list[str] | None = None) -> None:
     """``hf-model label-issues RUN_DIR [--output_dir DIR] [--top N] [--folds K] [--data_dir DIR]``."""
     parser = argparse.ArgumentParser(prog="hf-model label-issues", epilog=EXIT_CODES, description=(
@@ -269,10 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         parser.error(f"--output_dir {output_dir} is a file: give a folder")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        issues = label_issues(args.run_dir, n_folds=args.folds, data_dir=args.data_dir)
-    except (FileNotFoundError, RunFolderError, DataError) as err:  # the user's folder or photos: one line
-        raise SystemExit(f"hf-model label-issues: {err}") from None
+    issues = label_issues(args.run_dir, n_folds=args.folds, data_dir=args.data_dir)
     csv_path, png_path = write_label_issues(issues, output_dir, args.top)
     shown = (f"the first {min(args.top, len(issues.ranked))} shown in {png_path}" if len(issues.ranked)
              else f"nothing to show in {png_path}")

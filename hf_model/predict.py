@@ -20,7 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hf_model.atomic import atomic_write
-from hf_model.backbones import load_image_processor
+from hf_model.backbones import NotAModelError, load_image_processor, not_a_model_reason
+from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.flags import whole_number
 from hf_model.images import list_images, open_image, skipped_files
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
@@ -162,20 +163,31 @@ def write_rows(out: IO[str], rows: Iterator[dict]) -> Counter:
     return counts
 
 
-def load_or_explain(source: str, prog: str = "hf-model predict"):
-    """:func:`load_for_inference`, or exit with one line, under the command's name ``prog``, saying why ``source`` is
-    not a model."""
+class NothingLabeledError(UserInputError):
+    """Every file given was unreadable or skipped, or there were none: the run produced nothing."""
+
+
+def load_or_explain(source: str):
+    """:func:`load_for_inference`, or :class:`NotAModelError` saying in one line why ``source`` is not a model.
+
+    A folder that is not a model folder, a path that does not exist, and a Hub id that cannot be reached
+    (``HF_HUB_OFFLINE=1``, no network) or does not exist each get their own message.
+    """
     try:
         return load_for_inference(source)
     except (OSError, ValueError) as err:
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        what = ("is a folder, but not a model folder (train.py --output_dir)" if Path(source).is_dir()
-                else "is neither a model folder nor a Hub id that could be loaded")
-        raise SystemExit(f"{prog}: {source} {what}: {cause}") from None
+        raise NotAModelError(not_a_model_reason(source, err)) from err
 
 
+EXIT_STATUSES = exit_statuses("at least one photo was labeled (the CSV's error column and the last line say how "
+                              "many could not be)", "no photo could be labeled (an empty folder, only unreadable "
+                              "files) or the model does not load")
+
+
+@command("hf-model predict")
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hf-model predict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hf-model predict", description=__doc__.splitlines()[0],
+                                     epilog=EXIT_STATUSES)
     parser.add_argument("model", help="trained model folder (train.py --output_dir) or Hub id")
     parser.add_argument("paths", nargs="+", help="photos or folders of photos")
     parser.add_argument("--top_k", type=whole_number(1), default=1,
@@ -202,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         counts = write_rows(sys.stdout, rows)
     where = f" to {args.output}" if args.output else ""
-    print(f"wrote {len(entries)} rows{where}: {counts['labeled']} labeled, {counts['unreadable']} unreadable, "
+    rows_written = f"{len(entries)} row{'' if len(entries) == 1 else 's'}"
+    print(f"wrote {rows_written}{where}: {counts['labeled']} labeled, {counts['unreadable']} unreadable, "
           f"{counts['skipped']} skipped (reasons in the error column)", file=sys.stderr)
     if not counts["labeled"]:
-        sys.exit(f"hf-model predict: no photo could be labeled in {' '.join(args.paths)}")
+        raise NothingLabeledError(f"no photo could be labeled in {' '.join(args.paths)}")

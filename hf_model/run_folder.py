@@ -27,6 +27,7 @@ from transformers import AutoConfig
 
 from hf_model.atomic import write_json_atomic
 from hf_model.config import RUN_CONFIG_FILE, RunRecord
+from hf_model.exit_status import UserInputError
 
 logger = logging.getLogger("hf_model")
 
@@ -40,7 +41,7 @@ TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a chec
 STAGING_DIR = ".saving-model"  # the final model is saved here, then renamed file by file into the folder
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserInputError, ValueError):
     """The output folder holds another run, or an unfinished one; the message says what to do."""
 
 

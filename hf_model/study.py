@@ -33,10 +33,10 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from hf_model.atomic import FolderBusyError, atomic_write, folder_lock, write_json_atomic
+from hf_model.atomic import atomic_write, folder_lock, write_json_atomic
 from hf_model.backbones import BACKBONES, default_image_size
 from hf_model.config import HEADS, TOP_K, RunRecord, TrainConfig, parse_args
-from hf_model.data import DataError
+from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.experiments import cross_validate, summarize_folds
 from hf_model.head_cv import HeadCrossValidation, load_folds
 from hf_model.reports import markdown_table, new_figure, save_figure
@@ -86,10 +86,10 @@ class Cell:
                                    unfreeze_top_blocks=self.unfreeze_top_blocks, **IMBALANCE[self.imbalance])
 
 
+@command("hf-model study")
 def main(argv: list[str] | None = None) -> list[dict]:
     """``hf-model study``: parse, plan the grid, run the unfinished cells, write the table and the plot."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     study, train_flags = parser.parse_known_args(argv)
     if any(flag in train_flags for flag in ("--cv_folds", "--backbone", "--image_size")):
@@ -119,8 +119,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         with folder_lock(study.output_dir, "hf-model study"):
             return _run(study, cfg, args, cells)
-    except (DataError, FileNotFoundError, StudyFolderError, FolderBusyError) as err:
-        sys.exit(f"error: {err}")
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished cells are in {Path(study.output_dir) / STUDY_CSV}; rerun the same command "
               "to run the rest", file=sys.stderr)
@@ -142,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-model study", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description=__doc__.split("\n\n")[0] + "\n\nAny other flag is train.py's (--preset, --data_dir, --seed, "
                     "--feature_views, --head_learning_rate, ...) and applies to every cell.",
-        epilog="Exit status: 0 when every cell ran; 1 when the data or the output folder is unusable; 2: a bad flag.")
+        epilog=exit_statuses("every cell ran", "the data or the output folder is unusable"))
     parser.add_argument("--output_dir", required=True, help="where study.csv, study.md and study.png go")
     parser.add_argument("--backbones", nargs="+", default=None,
                         help="registry names, model folders or Hub ids (default: every one that loads offline, "
@@ -198,7 +196,7 @@ def _pixels(size: str) -> int:
     return int(size)
 
 
-class StudyFolderError(ValueError):
+class StudyFolderError(UserInputError, ValueError):
     """The output folder holds a study of other photos, folds or settings."""
 
 

@@ -41,13 +41,14 @@ from hf_model.atomic import atomic_write
 from hf_model.backbones import default_cache_dir, weights_version
 from hf_model.data import (
     SPLIT_FOLDERS,
-    DataError,
     detect_layout,
     near_duplicate_groups,
     read_bedroom_labels,
     read_birds_csv,
+    read_metadata_labels,
     scan_images,
 )
+from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.features import cache_key, extract_features
 from hf_model.flags import whole_number
 from hf_model.images import list_images
@@ -71,7 +72,7 @@ SHEET_COLUMNS = 10  # thumbnails per row of the contact sheet
 THUMBNAIL_INCHES = 1.4
 SHEET_DPI = 90  # thumbnails about 125 px: enough to judge a photo, and 50 of them stay near 1 MB
 THUMBNAIL_PIXELS = 200  # each photo shrunk to this before drawing: drawing stays fast however large the photos
-EXIT_CODES = "exit status: 0 suggestions written, 1 nothing to suggest or an unusable model/folder, 2 usage"
+EXIT_CODES = exit_statuses("suggestions written", "nothing to suggest, or the model or folder is unusable")
 
 
 # ---------------------------------------------------------------- the method, on arrays
@@ -171,14 +172,17 @@ class Candidates:
 def labeled_files(folder: Path, class_names: list[str]) -> tuple[set[Path], str]:
     """The photos under ``folder`` that already have a label (resolved paths) and where the labels come from.
 
-    The bedroom layout (``labels.csv`` / ``labels.txt``) and ``birds.csv`` label the files they list
-    (:mod:`hf_model.data`'s readers); in any other folder a photo is labeled when it sits in a folder named
-    for one of the model's classes (``Modern/a.jpg``, or ``train/Modern/a.jpg``). Raises
-    :class:`~hf_model.data.DataError` for a label file that cannot be read.
+    The bedroom layout (``labels.csv`` / ``labels.txt``), ``birds.csv`` and a ``metadata.csv`` (``.jsonl``,
+    ``.parquet``) with a label column label the files they list (:mod:`hf_model.data`'s readers); in any other
+    folder a photo is labeled when it sits in a folder named for one of the model's classes (``Modern/a.jpg``, or
+    ``train/Modern/a.jpg``). Raises :class:`~hf_model.data.DataError` for a label file that cannot be read.
     """
     layout = detect_layout(folder)
     if layout in ("bedrooms", "birds"):
         found = read_bedroom_labels(folder) if layout == "bedrooms" else read_birds_csv(folder)
+        return {Path(f).resolve() for f in found.files}, found.label_source
+    found = read_metadata_labels(folder)
+    if found is not None:  # the datasets ImageFolder layout: metadata.csv's label column
         return {Path(f).resolve() for f in found.files}, found.label_source
     classes = set(class_names)
     labeled = {path.resolve() for path in list_images(folder) if _in_class_folder(path.relative_to(folder), classes)}
@@ -302,6 +306,7 @@ def describe_candidates(folder: Path, found: Candidates) -> str:
             + (f"; left out: {', '.join(left_out)}" if left_out else ""))
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> None:
     """``hf-model suggest-labels MODEL_DIR FOLDER [--n N] [--output_dir DIR] [--measure M] [--batch_size B]``."""
     parser = argparse.ArgumentParser(prog=PROG, epilog=EXIT_CODES, description=(
@@ -325,15 +330,12 @@ def main(argv: list[str] | None = None) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         parser.error(f"--output_dir {output_dir} is a file: give a folder")
 
-    model, transform = load_or_explain(args.model_dir, PROG)
+    model, transform = load_or_explain(args.model_dir)
     label_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    try:
-        found = find_candidates(folder, label_names)
-    except DataError as err:
-        raise SystemExit(f"{PROG}: {err}") from None
+    found = find_candidates(folder, label_names)
     print(describe_candidates(folder, found), flush=True)
     if not found.files:
-        raise SystemExit(f"{PROG}: nothing to suggest: {folder} has no unlabeled photo the model can read")
+        raise UserInputError(f"nothing to suggest: {folder} has no unlabeled photo the model can read")
     features, probs = features_and_probabilities(model, transform, found.files, args.model_dir, args.batch_size)
     selection = select_for_labeling(features, probs, args.n, measure=args.measure, pool_factor=args.pool_factor,
                                     groups=found.groups, seed=args.seed)

@@ -38,7 +38,8 @@ from hf_model.backbones import (
     weights_version,
 )
 from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args
-from hf_model.data import HAND_LABELED_SPLITS, DataError, load_data, training_photos
+from hf_model.data import HAND_LABELED_SPLITS, load_data, training_photos
+from hf_model.exit_status import command
 from hf_model.experiments import cross_validate, teach
 from hf_model.features import HeadModel, cache_key, extract_features, features_dataset, photo_digests
 from hf_model.freezing import set_trainable
@@ -47,7 +48,7 @@ from hf_model.hub import publish_trained_model, repo_to_push
 from hf_model.metrics import build_compute_metrics, softmax, split_metrics
 from hf_model.predict import view_probabilities
 from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
-from hf_model.run_folder import STAGING_DIR, RunFolderError, move_into, plan_run, save_results
+from hf_model.run_folder import STAGING_DIR, move_into, plan_run, save_results
 from hf_model.temperature import (
     TEMPERATURE_RANGE,
     calibrate_logits,
@@ -61,22 +62,24 @@ logger = logging.getLogger("hf_model")
 MIN_HELD_OUT = 30  # held-out predictions needed to fit a temperature: fewer fit noise, and T runs to an extreme
 
 
+def program() -> str:
+    """How the user started training: ``hf-model train`` or ``python train.py``."""
+    return "hf-model train" if Path(sys.argv[0]).name == "hf-model" else "python train.py"
+
+
+@command(program)
 def main(argv: list[str] | None = None) -> dict:
     """``python train.py`` / ``hf-model train``: one run, or one per fold with ``--cv_folds``.
 
     An output folder holding another run, or photos and labels that cannot be trained on, stop with a
-    message and exit status 1, not a traceback.
+    message and exit status 1, not a traceback (:func:`hf_model.exit_status.command`).
     """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     cfg, args = parse_args(argv)
-    program = "hf-model train" if Path(sys.argv[0]).name == "hf-model" else "python train.py"
-    command = " ".join([program, *(sys.argv[1:] if argv is None else argv)])
-    try:
-        if cfg.cv_folds:
-            return cross_validate(train, cfg, args, command)
-        return train(cfg, args, command)
-    except (RunFolderError, DataError, FileNotFoundError) as err:  # the user's folder or photos: no traceback
-        sys.exit(f"error: {err}")
+    command_line = " ".join([program(), *argv])
+    if cfg.cv_folds:
+        return cross_validate(train, cfg, args, command_line)
+    return train(cfg, args, command_line)
 
 
 def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",

@@ -33,7 +33,6 @@ import gc
 import logging
 import shlex
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,9 +49,10 @@ from torch import nn
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_model.adapters import adapter_for
-from hf_model.atomic import FolderBusyError, atomic_write, folder_lock, write_json_atomic
+from hf_model.atomic import atomic_write, folder_lock, write_json_atomic
 from hf_model.config import CLASS_WEIGHTS, RunRecord, TrainConfig, parse_args
 from hf_model.data import DataError, load_data, training_photos
+from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.freezing import set_trainable
 from hf_model.head_cv import HeadCrossValidation, load_folds
 from hf_model.reports import markdown_table, new_figure, save_figure
@@ -120,26 +120,23 @@ CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 ARGS_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 
 
-class TuneError(ValueError):
+class TuneError(UserInputError, ValueError):
     """The output folder holds another search; the message says what to do."""
 
 
+@command("hf-model tune")
 def main(argv: list[str] | None = None) -> optuna.Study:
     """``hf-model tune``: parse, open (or continue) the study, run the missing trials, write the reports.
 
     Exit status 1 when the data or the output folder is unusable, 2 for a bad flag.
     """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     options, train_flags = parser.parse_known_args(argv)
     check_options(parser, options, train_flags)
     cfg, args = parse_args([*train_flags, "--output_dir", options.output_dir])
     command = shlex.join(["hf-model", "tune", *argv])
-    try:
-        return tune(cfg, args, options, command)
-    except (DataError, FileNotFoundError, TuneError, FolderBusyError) as err:
-        sys.exit(f"error: {err}")
+    return tune(cfg, args, options, command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-model tune", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n    HF_HUB")[0] + "\n\nAny other flag is train.py's (--preset, --data_dir, "
                     "--seed, --backbone, ...): the settings a trial starts from.",
-        epilog="Exit status: 0 when the trials ran; 1 when the data or the output folder is unusable; 2: a bad flag.")
+        epilog=exit_statuses("the trials ran (stopped and pruned trials included)",
+                             "the data or the output folder is unusable"))
     parser.add_argument("--output_dir", required=True,
                         help=f"where {STUDY_DB} (the study), {TRIALS_CSV}, {TUNE_MD}, {CONVERGENCE_PNG} and "
                              f"{BEST_PRESET_JSON} go")

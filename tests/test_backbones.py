@@ -81,3 +81,20 @@ def test_converting_a_backbone_leaves_the_seeded_random_state_alone(tmp_path):
     torch.manual_seed(0)
     resolve_backbone("efficientnet-lite0", cache_dir=tmp_path / "cold")  # converts: builds a timm model first
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("nosuch/model", "nosuch/model is neither a model folder nor a Hub id (and the Hub is offline: HF_HUB_OFFLINE=1)"),
+    ("/no/such/folder", "/no/such/folder: no such model folder (and, as a path, it cannot be a Hub id)"),
+    ("efficientnet-lite9",
+     "efficientnet-lite9 is neither a model folder, a Hub id nor a registry backbone "
+     "(efficientnet-lite0, efficientnet-lite1, efficientnet-lite2, efficientnet-b0, convnext-tiny)"),
+])
+def test_a_backbone_that_does_not_load_is_a_user_error_saying_why(name, reason):
+    from hf_model.backbones import NotAModelError, default_image_size
+    from hf_model.exit_status import UserInputError
+
+    with pytest.raises(NotAModelError) as err:
+        default_image_size(name)
+    assert str(err.value) == reason
+    assert isinstance(err.value, UserInputError)

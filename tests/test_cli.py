@@ -11,11 +11,11 @@ import pytest
 from hf_model.cli import COMMANDS, main
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
+@pytest.mark.parametrize("argv", [["--help"], ["-h"]])
 def test_help_lists_every_command_with_its_summary(argv, capsys):
     main(argv)
     out = capsys.readouterr().out
-    assert out.startswith("usage: hf-model <command>")
+    assert out.startswith("usage: hf-model [--debug] <command>")
     for name, (_, summary) in COMMANDS.items():
         assert any(line.split() == [name, *summary.split()] for line in out.splitlines()), name
 
@@ -35,7 +35,8 @@ def test_command_runs_its_module_main_with_the_remaining_arguments(command, monk
     calls = []
     monkeypatch.setattr(importlib.import_module(module), function, calls.append)
     main([command, "runs/model", "photo.jpg", "--top_k", "2"])
-    assert calls == [["runs/model", "photo.jpg", "--top_k", "2"]]
+    main(["--debug", command, "photo.jpg"])  # the command reads --debug among its own flags
+    assert calls == [["runs/model", "photo.jpg", "--top_k", "2"], ["--debug", "photo.jpg"]]
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["-V"]])

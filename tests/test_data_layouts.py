@@ -6,18 +6,22 @@ Everything goes through :func:`hf_model.data.build_dataset`, as ``hf-model train
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_bedroom_folder, make_photo
-from datasets import Image
+from datasets import ClassLabel, Image
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, UPRIGHT_BOTTOM, UPRIGHT_TOP, eight_bit_copy
 from PIL import Image as PILImage
 
-from hf_model.data import BadImageError, build_dataset, scan_images
+from hf_model.config import TrainConfig
+from hf_model.data import BadImageError, DataError, build_dataset, load_data, scan_images
 
 HALVES = [0.5, 0.25, 0.25]
 COLOURS = {"bathroom": (30, 200, 30), "bedroom": (220, 30, 30), "kitchen": (30, 30, 220)}
@@ -363,3 +367,298 @@ def test_classes_left_out_of_the_test_split_are_named(tmp_path, caplog):
     missing = sorted({"bedroom", "kitchen", "bathroom"} - tested)
     assert missing and f"no test photo in this split for {len(missing)} of the classes ({', '.join(missing)})" \
         in caplog.text
+
+
+# ---- metadata files: datasets' ImageFolder convention (file_name + label columns) ----
+
+def write_metadata(path: Path, rows: list[dict]) -> Path:
+    """``rows`` as ``metadata.csv``, ``.jsonl`` or ``.parquet`` (by ``path``'s suffix), as ``datasets`` reads them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def make_listed_photos(folder: Path, per_class: int = 6, classes=("bedroom", "kitchen"), seed: int = 0,
+                       subfolder=lambda c, i: "") -> list[dict]:
+    """Photos ``folder/<subfolder(c, i)>/<class>_<i>.jpg`` and their metadata rows (``file_name``, ``label``): the
+    class is in each file's name, so a test can check every photo's label."""
+    rows = []
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            file = str(Path(subfolder(c, i)) / f"{name}_{i}.jpg")
+            make_photo(folder / file, COLOURS[name], seed=seed + 100 * c + i)
+            rows.append({"file_name": file, "label": name})
+    return rows
+
+
+def labels_by_file(data, splits=("train", "validation", "test")) -> dict[str, str]:
+    """``{file name: class name}`` over ``splits``."""
+    names = data["train"].features["label"].names
+    out = {}
+    for split in splits:
+        for name, label in zip(file_names_in_order(data[split]), data[split]["label"]):
+            out[name] = names[label]
+    return out
+
+
+def file_names_in_order(split) -> list[str]:
+    return [Path(item["path"]).name for item in split.cast_column("image", Image(decode=False))["image"]]
+
+
+def assert_labels_follow_file_names(data, splits=("train", "validation", "test")) -> None:
+    for file, label in labels_by_file(data, splits).items():
+        assert file.rsplit("_", 1)[0] == label, file
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_a_flat_folder_with_a_metadata_file_takes_each_photos_label_from_it(tmp_path, fmt):
+    root = tmp_path / "photos"
+    write_metadata(root / f"metadata.{fmt}", make_listed_photos(root))
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"] == ClassLabel(names=["bedroom", "kitchen"])
+    assert set(data["train"].features) == {"image", "label"}
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert_labels_follow_file_names(data)
+    assert data.label_source == f"column 'label' of metadata.{fmt}"
+
+
+def test_class_folders_beside_a_metadata_csv_without_labels_take_their_labels_from_the_folders(tmp_path, info_logs):
+    root = make_class_folders(tmp_path / "photos")
+    rows = [{"file_name": str(p.relative_to(root)), "photographer": "ann"} for p in sorted(root.rglob("*.jpg"))]
+    write_metadata(root / "metadata.csv", rows)
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"].names == ["bedroom", "kitchen"]
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert ("metadata.csv: no 'label' column (its columns: file_name, photographer): the class folders give the "
+            "labels") in info_logs.text
+    assert "not an image" not in info_logs.text  # the metadata file is data, not a stray file
+
+
+def test_a_metadata_label_column_labels_photos_whatever_folders_they_sit_in(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root, subfolder=lambda c, i: f"batch{i % 2}")  # batch0/, batch1/ mix both classes
+    write_metadata(root / "metadata.csv", rows)
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"].names == ["bedroom", "kitchen"]
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert_labels_follow_file_names(data)
+
+
+def test_file_names_are_relative_to_the_metadata_file_in_a_subfolder(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root / "images", subfolder=lambda c, i: "2023" if i < 3 else "2024")
+    write_metadata(root / "images" / "metadata.jsonl", rows)
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert_labels_follow_file_names(data)
+
+
+def test_split_folders_each_with_their_own_metadata_file_keep_their_splits(tmp_path):
+    root = tmp_path / "photos"
+    for split, count, seed in [("train", 4, 0), ("validation", 2, 1000), ("test", 3, 2000)]:
+        write_metadata(root / split / "metadata.csv", make_listed_photos(root / split, count, seed=seed))
+    data = build_dataset(str(root), seed=0)
+    assert {s: len(data[s]) for s in ("train", "validation", "test")} == {"train": 8, "validation": 4, "test": 6}
+    for split in ("train", "validation", "test"):
+        assert {p.relative_to(root.resolve()).parts[0] for p in file_paths(data[split])} == {split}
+    assert data["test"].features["label"].names == ["bedroom", "kitchen"]
+    assert_labels_follow_file_names(data)
+    assert data.label_source.startswith("column 'label' of test/metadata.csv, train/metadata.csv, validation/")
+
+
+def test_integer_labels_become_classes_named_by_their_digits(tmp_path, info_logs):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root, classes=("bedroom", "kitchen", "bathroom"))
+    numbers = {"bedroom": 0, "kitchen": 1, "bathroom": 2}
+    write_metadata(root / "metadata.jsonl", [{**row, "label": numbers[row["label"]]} for row in rows])
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert data["train"].features["label"].names == ["0", "1", "2"]
+    assert class_counts(data) == {"0": 6, "1": 6, "2": 6}
+    by_file = labels_by_file(data)
+    assert all(by_file[f"{name}_{i}.jpg"] == str(n) for name, n in numbers.items() for i in range(6))
+    assert "the labels are numbers, so the classes are named 0, 1, 2" in info_logs.text
+
+
+def test_extra_metadata_columns_are_left_out_of_the_dataset_and_logged(tmp_path, info_logs):
+    root = tmp_path / "photos"
+    rows = [{**row, "photographer": "ann", "year": 2023} for row in make_listed_photos(root)]
+    write_metadata(root / "metadata.csv", rows)
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert all(set(data[s].features) == {"image", "label"} for s in data)
+    assert "column 'label' of metadata.csv: columns photographer, year not used" in info_logs.text
+
+
+def test_label_column_names_another_metadata_column(tmp_path):
+    root = tmp_path / "photos"
+    rows = [{"file_name": row["file_name"], "room": row["label"]} for row in make_listed_photos(root)]
+    write_metadata(root / "metadata.csv", rows)
+    data = build_dataset(str(root), label_column="room", split_fractions=HALVES, seed=0)
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert_labels_follow_file_names(data)
+
+
+def test_photos_no_metadata_row_lists_are_left_out_and_counted(tmp_path, info_logs):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root)
+    make_photo(root / "extra" / "unsorted_1.jpg", (0, 0, 0))
+    make_photo(root / "unsorted_2.jpg", (0, 0, 0))
+    write_metadata(root / "metadata.csv", rows)
+    data = build_dataset(str(root), split_fractions=HALVES, seed=0)
+    assert class_counts(data) == {"bedroom": 6, "kitchen": 6}
+    assert "2 photos are in no metadata file and are left out (they have no label): extra/unsorted_1.jpg, " \
+        "unsorted_2.jpg" \
+        in info_logs.text
+
+
+def test_the_training_entry_point_loads_a_metadata_labeled_folder(tmp_path):
+    root = tmp_path / "photos"
+    write_metadata(root / "metadata.parquet", [{**row, "label": row["label"].title()} for row in
+                                               make_listed_photos(root, 8)])
+    data = load_data(TrainConfig(data_dir=str(root), split_fractions=HALVES), seed=0)
+    assert data["train"].features["label"].names == ["Bedroom", "Kitchen"]
+    assert {split: len(data[split]) for split in ("train", "validation", "test")} == {"train": 8, "validation": 4,
+                                                                                       "test": 4}
+    assert {data["test"].features["label"].names[c] for c in data["test"]["label"]} == {"Bedroom", "Kitchen"}
+
+
+# ---- metadata files that cannot label the photos: one line naming the file ----
+
+def test_metadata_without_a_label_column_beside_loose_photos_stops_naming_the_file(tmp_path):
+    root = tmp_path / "photos"
+    rows = [{"file_name": row["file_name"], "photographer": "ann"} for row in make_listed_photos(root)]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv: no 'label' column \(its columns: file_name, photographer\) "
+                                        r"and the photos in .*photos are not in class folders.*--label_column"):
+        build_dataset(str(root))
+
+
+def test_a_file_name_that_is_not_there_stops_naming_the_line_and_the_count(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root)
+    rows[3:3] = [{"file_name": "ghost.jpg", "label": "bedroom"}]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv: 1 of 13 rows name a file that is not there "
+                                        r"\(.*metadata.csv:5 ghost.jpg\)"):
+        build_dataset(str(root))
+
+
+def test_a_row_without_a_label_stops_naming_its_line(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root)
+    rows[2]["label"] = ""
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv:4: bedroom_2.jpg has no label in column 'label'"):
+        build_dataset(str(root))
+
+
+def test_a_jsonl_row_with_a_null_label_stops_naming_its_line(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root)
+    rows[7]["label"] = None
+    write_metadata(root / "metadata.jsonl", rows)
+    with pytest.raises(DataError, match=r"metadata.jsonl:8: kitchen_1.jpg has no label"):
+        build_dataset(str(root))
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "/etc/passwd", ""])
+def test_a_file_name_outside_the_metadata_folder_stops(tmp_path, name):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root) + [{"file_name": name, "label": "bedroom"}]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=rf"metadata.csv:14: file_name '{name}' is not a path inside"):
+        build_dataset(str(root))
+
+
+def test_metadata_without_a_file_name_column_stops_naming_the_file(tmp_path):
+    root = tmp_path / "photos"
+    rows = [{"path": row["file_name"], "label": row["label"]} for row in make_listed_photos(root)]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv: no 'file_name' column \(its columns: path, label\)"):
+        build_dataset(str(root))
+
+
+def test_a_photo_listed_twice_with_two_labels_stops_naming_both_lines(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root) + [{"file_name": "./bedroom_1.jpg", "label": "kitchen"}]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv:14: .*bedroom_1.jpg is labeled 'kitchen' here but 'bedroom' at "
+                                        r".*metadata.csv:3"):
+        build_dataset(str(root))
+
+
+def test_metadata_of_one_class_stops_saying_two_are_needed(tmp_path):
+    root = tmp_path / "photos"
+    write_metadata(root / "metadata.csv", make_listed_photos(root, classes=("bedroom",)))
+    with pytest.raises(DataError, match=r"column 'label' of metadata.csv: 1 class \(bedroom\).*at least two"):
+        build_dataset(str(root))
+
+
+def test_metadata_files_of_two_formats_stop_naming_them(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root, subfolder=lambda c, i: "a" if c == 0 else "b")
+    write_metadata(root / "a" / "metadata.csv", [r for r in rows if r["file_name"].startswith("a")])
+    write_metadata(root / "b" / "metadata.jsonl", [r for r in rows if r["file_name"].startswith("b")])
+    with pytest.raises(DataError, match=r"metadata files of 2 formats \(a/metadata.csv, b/metadata.jsonl\)"):
+        build_dataset(str(root))
+
+
+def test_a_metadata_jsonl_line_that_is_not_json_stops_naming_the_line(tmp_path):
+    root = tmp_path / "photos"
+    path = write_metadata(root / "metadata.jsonl", make_listed_photos(root))
+    path.write_text(path.read_text() + "{file_name: oops}\n")
+    with pytest.raises(DataError, match=r"^\S*metadata.jsonl:13: not a JSON object"):
+        build_dataset(str(root))
+
+
+def test_listed_photos_inside_and_outside_split_folders_stop(tmp_path):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root, subfolder=lambda c, i: "train" if i < 4 else "")
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"metadata.csv: lists photos in split folders \(train\) and 4 outside them"):
+        build_dataset(str(root))
+
+
+def test_a_local_folder_given_as_a_hub_dataset_says_to_pass_it_as_data_dir(tmp_path):
+    root = make_class_folders(tmp_path / "photos", per_class=3)
+    rows = [{"file_name": str(p.relative_to(root)), "photographer": "ann"} for p in sorted(root.rglob("*.jpg"))]
+    write_metadata(root / "metadata.csv", rows)
+    with pytest.raises(DataError, match=r"has no column 'label'.*local folder: pass it as --data_dir"):
+        build_dataset(dataset_name=str(root))
+
+
+def test_a_metadata_parquet_that_is_not_parquet_stops_naming_it(tmp_path):
+    root = tmp_path / "photos"
+    make_listed_photos(root)
+    (root / "metadata.parquet").write_text("file_name,label\n")
+    with pytest.raises(DataError, match=r"^\S*photos/metadata.parquet: cannot be read as PARQUET \(Arrow"):
+        build_dataset(str(root))
+
+
+def test_a_labels_file_on_class_folders_is_refused_not_ignored(tmp_path):
+    make_class_folders(tmp_path / "photos")
+    with pytest.raises(DataError, match=r"--labels_file my_labels.csv: only a folder of bed_N.jpg photos reads a "
+                                        r"labels file, and .*photos is not one \(its labels come from its class "
+                                        r"folders or a metadata file\)"):
+        build_dataset(str(tmp_path / "photos"), labels_file="my_labels.csv")
+
+
+def test_bed_photos_with_a_labels_file_of_another_name_read_it(tmp_path):
+    root = make_bedroom_folder(tmp_path / "bedrooms", n=12)
+    (root / "my_labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'MO'[i % 2]}\n" for i in range(1, 13)))
+    data = build_dataset(str(root), labels_file=str(root / "my_labels.csv"))
+    assert sum(len(data[s]) for s in ("train", "validation", "test")) == 12
+
+
+def test_a_hub_dataset_that_cannot_be_reached_is_one_data_error_naming_the_flag(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    with pytest.raises(DataError, match=r"^--dataset nosuch/photos: neither a local folder nor a Hub dataset that "
+                                        r"could be loaded \(and the Hub is offline: HF_HUB_OFFLINE=1\)"):
+        build_dataset(dataset_name="nosuch/photos")

@@ -178,16 +178,37 @@ def test_top_k_above_the_number_of_classes_lists_them_all_with_a_note(model_dir,
     assert "--top_k 10 is more than the model's 3 classes" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["runs/nope", "empty_folder"])
-def test_a_path_that_is_not_a_model_is_one_line_not_a_traceback(tmp_path, where):
+@pytest.mark.parametrize(("where", "reason"), [
+    ("runs/nope", "runs/nope is neither a model folder nor a Hub id (and the Hub is offline: HF_HUB_OFFLINE=1)"),
+    ("{tmp}/runs/nope", "{tmp}/runs/nope: no such model folder (and, as a path, it cannot be a Hub id)"),
+    ("empty_folder", "empty_folder is a folder, but not a model folder (train.py --output_dir): "),
+])
+def test_a_path_that_is_not_a_model_is_one_line_saying_why_not_a_traceback(tmp_path, monkeypatch, where, reason):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "empty_folder").mkdir()
     photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
-    source = str(tmp_path / where)
+    source = where.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as stop:
         main([source, str(photo)])
     message = str(stop.value.code)
-    assert message.startswith(f"hf-model predict: {source} is ") and "\n" not in message
-    assert ("neither a model folder nor a Hub id" if where == "runs/nope" else "not a model folder") in message
+    assert message.startswith(f"hf-model predict: error: {reason.format(tmp=tmp_path)}")
+    assert "\n" not in message
+
+
+def test_an_empty_folder_labels_nothing_and_exits_non_zero(model_dir, tmp_path, capsys):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        main([str(model_dir), str(tmp_path / "photos")])
+    assert stop.value.code == f"hf-model predict: error: no photo could be labeled in {tmp_path / 'photos'}"
+    assert "wrote 0 rows: 0 labeled" in capsys.readouterr().err
+
+
+def test_help_lists_the_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 at least one photo was labeled" in help_text
+    assert "1 no photo could be labeled" in help_text and "2 usage error" in help_text
 
 
 # ---------------------------------------------------------------- every kind of bad input (issue 12, part 1)
@@ -250,7 +271,8 @@ def test_a_run_killed_while_writing_leaves_the_old_csv_and_no_half_one(model_dir
         return read_photo(path)
 
     monkeypatch.setattr("hf_model.predict.read_photo", killed_on_the_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
+    assert stop.value.code == 130  # the shell's status for Ctrl-C
     assert output.read_text() == "the previous run's rows\n"
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left

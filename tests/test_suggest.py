@@ -152,6 +152,16 @@ def test_photos_in_folders_named_for_the_model_classes_count_as_labeled(model_di
     assert {Path(row["file"]).parent.name for row in suggestions(tmp_path / "out")} == {"inbox"}
 
 
+def test_photos_a_metadata_csv_labels_count_as_labeled(model_dir, tmp_path):
+    for i in range(3):
+        make_photo(tmp_path / "photos" / f"labeled_{i}.jpg", (230, 230, 230), seed=i)
+        make_photo(tmp_path / "photos" / f"new_{i}.jpg", (60, 40, 20), seed=10 + i)
+    (tmp_path / "photos" / "metadata.csv").write_text(
+        "file_name,label\n" + "".join(f"labeled_{i}.jpg,{LABELS[i % 2]}\n" for i in range(3)))
+    main([str(model_dir), str(tmp_path / "photos"), "--n", "9", "--output_dir", str(tmp_path / "out")])
+    assert {Path(row["file"]).name for row in suggestions(tmp_path / "out")} == {f"new_{i}.jpg" for i in range(3)}
+
+
 def test_a_folder_with_every_photo_labeled_has_nothing_to_suggest(model_dir, tmp_path):
     root = make_bedroom_folder(tmp_path / "bedrooms", n=4)
     (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,M\n" for i in range(1, 5)))
