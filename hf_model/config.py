@@ -197,33 +197,54 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def program() -> str:
+    """How the user started training, for messages: ``hf-model train`` or ``python train.py``."""
+    return "hf-model train" if Path(sys.argv[0]).name == "hf-model" else "python train.py"
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArguments]:
     """CLI -> (TrainConfig, TrainingArguments); ``--preset`` sets defaults that flags override.
 
-    A bad value exits with a usage error naming the flag (argparse's exit code 2), not a traceback.
+    A bad value exits with a usage error naming the flag (argparse's exit code 2), not a traceback; a value that
+    came from ``--preset`` or ``--preset_file`` rather than the command line is said to.
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((TrainConfig, TrainingArguments), epilog=TRAIN_EXIT_STATUSES)
+    parser = HfArgumentParser((TrainConfig, TrainingArguments), prog=program(), epilog=TRAIN_EXIT_STATUSES)
+    # an error's line must not drown under the usage of ~200 TrainingArguments flags: --help lists them
+    parser.format_usage = lambda: (f"usage: {parser.prog} --data_dir DIR | --dataset ID --output_dir DIR [options]"
+                                   "   (--help lists every option)\n")
     parser.add_argument("--version", action="version", version=f"hf-model {__version__}")
     parser.set_defaults(**BASE_DEFAULTS)
     preset, _ = parser.parse_known_args(argv)
+    settings = dict.fromkeys(BASE_DEFAULTS, f"{parser.prog}'s defaults")  # flag -> where its value came from
     if preset.preset:
         if preset.preset not in PRESETS:
             parser.error(f"unknown preset {preset.preset!r}; choose from {sorted(PRESETS)}")
         parser.set_defaults(**PRESETS[preset.preset])
+        settings.update(dict.fromkeys(PRESETS[preset.preset], f"--preset {preset.preset}"))
     if preset.preset_file:
-        parser.set_defaults(**read_preset_file(parser, preset.preset_file))
+        from_file = read_preset_file(parser, preset.preset_file)
+        parser.set_defaults(**from_file)
+        settings.update(dict.fromkeys(from_file, f"--preset_file {preset.preset_file}"))
+
+    def error(message: str) -> None:
+        message = " ".join(line.strip() for line in message.strip().splitlines())  # transformers' lists: one line
+        flag = message.split()[0].lstrip("-").split("=")[0] if message.startswith("--") else None
+        if flag in settings and not any(arg.split("=")[0] == f"--{flag}" for arg in argv):
+            message += f" (--{flag} set by {settings[flag]}: give it on the command line to change it)"
+        parser.error(message)
+
     try:
         cfg, args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # raised by TrainConfig.__post_init__ or TrainingArguments' own checks
-        parser.error(str(err))
+        error(str(err))
     if not cfg.data_dir and not cfg.dataset:
         parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
     if cfg.cv_folds and args.push_to_hub:
         parser.error("--push_to_hub publishes one model, and --cv_folds trains one per fold: cross-validate "
                      "without --push_to_hub, then train the model to publish without --cv_folds")
     for message in training_args_problems(args):
-        parser.error(message)
+        error(message)
     return cfg, args
 
 

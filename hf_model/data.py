@@ -829,7 +829,8 @@ def build_hub_dataset(
         split_ids = stratified_group_split(labels[ids], near_duplicate_groups(hashes)[ids], split_fractions, seed,
                                            cv_fold, class_names=everything.features["label"].names)
         out = DatasetDict({s: everything.select(ids[i]) for s, i in zip(SPLITS, split_ids)})
-    out.label_source = f"Hub dataset {name} (column {label_column!r})"
+    where = f"the dataset folder {Path(name).name}/" if Path(name).exists() else f"Hub dataset {name}"
+    out.label_source = f"{where} (column {label_column!r})"
     return out
 
 

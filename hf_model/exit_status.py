@@ -64,13 +64,14 @@ def one_line(err: BaseException) -> str:
     return str(err).strip() or type(err).__name__
 
 
-def command(prog: str | Callable[[], str]) -> Callable[[Main], Main]:
+def command(prog: str | Callable[[], str], resume_hint: str = "") -> Callable[[Main], Main]:
     """Decorate a command's ``main(argv)`` so that the user's errors end it with one line, not a traceback.
 
     ``prog`` is the command as the user typed it (``"hf-model predict"``), or a function giving it at run time.
     The wrapped ``main`` receives ``argv`` (``sys.argv[1:]`` when ``None``) without ``--debug``. A
     :class:`UserInputError` or a :data:`PATH_ERRORS` error exits with status 1 and ``prog: error: message``;
-    ``KeyboardInterrupt`` with status 130. With ``--debug`` or ``HF_MODEL_DEBUG=1`` both propagate unchanged.
+    ``KeyboardInterrupt`` with status 130, saying ``resume_hint`` (how to continue) when given. With ``--debug`` or
+    ``HF_MODEL_DEBUG=1`` both propagate unchanged.
     """
     def decorate(main: Main) -> Main:
         @functools.wraps(main)
@@ -84,7 +85,7 @@ def command(prog: str | Callable[[], str]) -> Callable[[Main], Main]:
             except (UserInputError, *PATH_ERRORS) as err:
                 raise SystemExit(f"{name}: error: {one_line(err)}") from None
             except KeyboardInterrupt:
-                print(f"\n{name}: interrupted", file=sys.stderr)
+                print(f"\n{name}: interrupted" + (f"; {resume_hint}" if resume_hint else ""), file=sys.stderr)
                 raise SystemExit(INTERRUPTED) from None
         return run  # type: ignore[return-value]
     return decorate

@@ -8,8 +8,9 @@ not at all, so a failed upload leaves the repo as it was, and the error says whi
 - model: weights (safetensors), ``config.json`` with the class names, the image processor, the
   model card and plots from the training folder; never checkpoints or pickles.
 - dataset: the ``DatasetDict`` as Parquet shards in the Hub layout (``data/<split>-00000-of-00001.parquet``,
-  images embedded as bytes) plus the card from ``datasets_cards/<name>/README.md`` with its
-  ``configs`` and ``dataset_info`` (class names, split sizes) filled in from the data.
+  images embedded as bytes, row groups the dataset viewer reads) plus the card from
+  ``datasets_cards/<name>/README.md`` with its ``configs`` and ``dataset_info`` (class names, split sizes)
+  filled in from the data.
 - space: ``space/`` with the chosen model ids written into its README (``models:``) and set as
   the Space variables the app reads (``BEDROOM_MODEL``, ``BIRD_MODEL``); when the app imports
   ``hf_model`` and its requirements.txt does not install it, the package source goes along.
@@ -24,17 +25,20 @@ import math
 import re
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from huggingface_hub import DatasetCard, HfApi, ModelCard, SpaceCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
 from hf_model.adapters import adapter_for
+from hf_model.atomic import write_json_atomic
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
+from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.images import list_images
-from hf_model.reports import write_run_card
+from hf_model.reports import is_hub_repo_id, without_machine_paths, write_run_card
 from hf_model.run_folder import require_finished
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS
 
@@ -51,6 +55,9 @@ MODEL_FILE_PATTERNS = (
     "README.md", "*_results.json", "hf_model_config.json", "*.png",
     "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
 )
+# the files of a model repo hf-model writes itself (not transformers'), published without the machine's paths
+OWN_JSON_FILES = (RUN_CONFIG_FILE, "calibration.json", "*_results.json")
+PIPELINE_SNIPPET = re.compile(r'pipeline\("image-classification", model="[^"]*"\)')  # the card's usage line
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
 SPACE_ID_PLACEHOLDER = "hf-model-demo/photo-demo"  # the Space id in space/README.md's usage snippet
 # Space variable (what space/app.py reads) -> CLI flag of `hf-model publish space`
@@ -58,11 +65,16 @@ SPACE_MODEL_VARIABLES = {task.env_var: task.flag for task in TASKS}  # {"BEDROOM
 DATASET_CARD_FIELDS = ("license", "task_categories", "pretty_name")
 MAX_SHARD_BYTES = 500 * 10**6  # what datasets' push_to_hub uses
 ROWS_PER_ROW_GROUP = 100  # small row groups let the dataset viewer read a page of images without the whole shard
+PARQUET_HEADROOM = 0.01  # a row group's Parquet bytes exceed its Arrow bytes by page headers (about 0.01%)
 SIZE_CATEGORIES = [(10**3, "n<1K"), (10**4, "1K<n<10K"), (10**5, "10K<n<100K"), (10**6, "100K<n<1M"),
                    (10**7, "1M<n<10M"), (10**8, "10M<n<100M"), (10**9, "100M<n<1B")]
 
 
-class PublishError(RuntimeError):
+class RepoFolderError(UserInputError, ValueError):
+    """The repo folder cannot be built from what was given (a card, a Space, a dataset); nothing was uploaded."""
+
+
+class PublishError(UserInputError, RuntimeError):
     """Publishing stopped; the message says what was and was not uploaded, and what to do."""
 
 
@@ -75,36 +87,51 @@ class Published:
 # ---------------------------------------------------------------------------------------- CLI
 
 
+@command("hf-model publish")
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        token = None if args.dry_run else resolve_token()  # before building: a dataset takes a while
-        common = {"token": token, "private": args.private, "dry_run": args.dry_run, "out_dir": args.out_dir}
-        if args.kind == "model":
-            result = publish_model(args.model_dir, args.repo_id, **common)
-        elif args.kind == "dataset":
-            dataset_dict, card = load_dataset_to_publish(args.source, args.card, args.split_fractions, args.seed,
-                                                         args.skip_bad_images)
-            result = publish_dataset(dataset_dict, card, args.repo_id, **common)
-        else:
-            models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
-            result = publish_space(args.space_dir, args.repo_id, models, args.datasets,
-                                   examples_dir=args.examples_dir, **common)
-    except (PublishError, OSError, ValueError) as err:
-        sys.exit(f"hf-model publish {args.kind}: {err}")
+    args = parse_args(argv)
+    token = None if args.dry_run else resolve_token()  # before building: a dataset takes a while
+    common = {"token": token, "private": args.private, "dry_run": args.dry_run, "out_dir": args.out_dir}
+    if args.kind == "model":
+        result = publish_model(args.model_dir, args.repo_id, **common)
+    elif args.kind == "dataset":
+        dataset_dict, card = load_dataset_to_publish(args.source, args.card, args.split_fractions, args.seed,
+                                                     args.skip_bad_images)
+        result = publish_dataset(dataset_dict, card, args.repo_id, **common)
+    else:
+        models = {var: getattr(args, flag) for var, flag in SPACE_MODEL_VARIABLES.items() if getattr(args, flag)}
+        result = publish_space(args.space_dir, args.repo_id, models, args.datasets,
+                               examples_dir=args.examples_dir, **common)
     if result.url is None:
         print(f"Dry run: the {args.kind} repo folder is ready at {result.folder} (nothing uploaded)")
     else:
         print(f"Published {args.kind} {args.repo_id}: {result.url} (built from {result.folder})")
 
 
+def repo_id(value: str) -> str:
+    """``--repo_id``'s type: a Hub repo id (``user/name``), checked by huggingface_hub's own rules before any build."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if value.count("/") != 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id: give user/name or org/name")
+    try:
+        validate_repo_id(value)
+    except HFValidationError as err:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub repo id: {err}") from None
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="hf-model publish", description=__doc__.splitlines()[0])
+    statuses = exit_statuses("the repo was uploaded (or, with --dry_run, its folder built)",
+                             "the folder, card or token cannot be used, or the upload failed (the message says what "
+                             "was uploaded)")
+    parser = argparse.ArgumentParser(prog="hf-model publish", description=__doc__.splitlines()[0], epilog=statuses)
     kinds = parser.add_subparsers(dest="kind", required=True)
-    model = kinds.add_parser("model", help="a trained model folder (train.py --output_dir)")
+    model = kinds.add_parser("model", help="a trained model folder (train.py --output_dir)", epilog=statuses)
     model.add_argument("model_dir", help="the trained model folder, e.g. runs/bedrooms")
-    dataset = kinds.add_parser("dataset", help="a run's photos as Parquet train/validation/test (+ unlabeled)")
+    dataset = kinds.add_parser("dataset", help="a run's photos as Parquet train/validation/test (+ unlabeled)",
+                               epilog=statuses)
     dataset.add_argument("source", help="a trained model folder, e.g. runs/bedrooms (its run record gives the photos, "
                                         "split fractions and seed it was trained with), or a photo folder")
     dataset.add_argument("--card", help="dataset card (default: datasets_cards/<bedrooms|birds>/README.md)")
@@ -113,7 +140,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     dataset.add_argument("--seed", type=int, default=DEFAULT_SEED, help="photo folder only: the split seed")
     dataset.add_argument("--skip_bad_images", action="store_true",
                          help="photo folder only: leave unreadable photos out (with a warning) instead of stopping")
-    space = kinds.add_parser("space", help="the Gradio demo in space/")
+    space = kinds.add_parser("space", help="the Gradio demo in space/", epilog=statuses)
     space.add_argument("space_dir", nargs="?", default=str(PROJECT_ROOT / "space"), help="default: space/")
     for flag in SPACE_MODEL_VARIABLES.values():
         space.add_argument(f"--{flag}", help=f"model id the Space loads ({flag.replace('_', ' ')})")
@@ -122,7 +149,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     space.add_argument("--examples_dir", help=f"folder with {tab_folders} photos to ship as the tabs' examples "
                                               f"(up to {MAX_EXAMPLES} each; only photos you may publish)")
     for sub in (model, dataset, space):
-        sub.add_argument("--repo_id", required=True, help="user/name or org/name on the Hub")
+        sub.add_argument("--repo_id", required=True, type=repo_id, help="user/name or org/name on the Hub")
         sub.add_argument("--dry_run", action="store_true", help="build the repo folder, print where, upload nothing")
         sub.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps "
                                                                   "its visibility)")
@@ -211,9 +238,11 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     """Copy what ``pipeline()`` and the Hub page need from a trained folder into ``out_dir``.
 
     Checks that the weights are safetensors, the config names the real classes and the image
-    processor loads; keeps the model card and its plots (writing a minimal card when the folder
-    has none), its usage snippet pointed at ``repo_id`` instead of the local folder. Refuses a
-    folder whose run record says its training did not finish (``run_folder.RunFolderError``).
+    processor loads; keeps the model card and its plots (writing the card from the run record when
+    the folder has none, or one that names local paths as Hub repos), its usage snippet pointed at
+    ``repo_id`` instead of the local folder. The card and the run record go without the machine's
+    absolute or home paths (cut to their last part). Refuses a folder whose run record says its
+    training did not finish (``run_folder.RunFolderError``).
     """
     from transformers import AutoConfig, AutoImageProcessor
 
@@ -226,7 +255,7 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     config = AutoConfig.from_pretrained(source)
     labels = [config.id2label[i] for i in sorted(config.id2label)]
     if all(re.fullmatch(r"LABEL_\d+", label) for label in labels):
-        raise ValueError(f"{source}/config.json names no classes (only {labels[:3]}...): pipeline() would answer "
+        raise RepoFolderError(f"{source}/config.json names no classes (only {labels[:3]}...): pipeline() would answer "
                          "LABEL_0; set id2label/label2id when building the model (hf_model.backbones.load_model)")
 
     try:  # pipeline() needs the image processor from the repo alone
@@ -241,9 +270,15 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
         shutil.copyfile(path, target)  # copyfile, not copy2: the files get ordinary permissions
     if adapter_for(config).saves_processor and not (out / "preprocessor_config.json").is_file():
         processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
+    for path in (p for pattern in OWN_JSON_FILES for p in out.glob(pattern)):  # their machine paths stay home
+        raw = json.loads(path.read_text())
+        if public_record(raw) != raw:
+            write_json_atomic(path, public_record(raw))
     card_path = out / "README.md"
-    if not card_path.is_file():  # a folder not written by train.py: the same card writer, from what the folder holds
-        logger.warning("%s has no README.md; writing a model card from its config, results and run record", source)
+    local = local_ids_in_card(ModelCard.load(card_path)) if card_path.is_file() else []
+    if not card_path.is_file() or local:  # a folder not written by train.py, or by one that took paths for Hub ids
+        logger.warning("%s: writing its model card from its config, results and run record (%s)", source,
+                       f"its README.md names the local paths {local} as Hub repos" if local else "it has no README.md")
         record = load_run_config(source) if (source / RUN_CONFIG_FILE).is_file() else None
         write_run_card(out, record, _read_json(source / "all_results.json"), labels, repo_id,
                        model_name=None if repo_id else source.resolve().name)
@@ -252,10 +287,31 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     card.data.library_name = card.data.library_name or "transformers"
     card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
     if repo_id:  # the card was written at training time, when the model lived in a local folder
-        card.text = re.sub(r'pipeline\("image-classification", model="[^"]*"\)',
-                           f'pipeline("image-classification", model="{repo_id}")', card.text)
+        card.text = PIPELINE_SNIPPET.sub(f'pipeline("image-classification", model="{repo_id}")', card.text)
+    card.text = without_machine_paths(card.text)  # a hand-written card's too: the machine's folders stay home
     card.save(card_path)
     return out
+
+
+def local_ids_in_card(card: ModelCard) -> list[str]:
+    """The local paths a model card names where the Hub reads repo ids: ``datasets:``, ``base_model`` and the
+    model-index dataset. Cards written before the card writer kept to Hub ids named a ``--dataset`` folder so."""
+    data = card.data
+    base_models = [data.base_model] if isinstance(data.base_model, str) else data.base_model or []
+    ids = [*(data.datasets or []), *base_models, *(result.dataset_type for result in data.eval_results or [])]
+    return [name for name in ids if not is_hub_repo_id(name, check_local=False)]
+
+
+def public_record(value):
+    """A run record, calibration or results (as JSON) with every absolute or home path in it cut to its last
+    part (:func:`hf_model.reports.without_machine_paths`): a published repo never shows the machine's folders."""
+    if isinstance(value, str):
+        return without_machine_paths(value)
+    if isinstance(value, dict):
+        return {key: public_record(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [public_record(item) for item in value]
+    return value
 
 
 def _model_files(source: Path) -> list[Path]:
@@ -293,14 +349,15 @@ def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequ
     elif cfg.data_dir:
         card_path = CARDS_DIR / detect_layout(cfg.data_dir) / "README.md"
     else:
-        raise ValueError(f"{source} was trained on the Hub dataset {cfg.dataset}: pass --card with its dataset card")
+        raise RepoFolderError(f"{source} was trained on the dataset {cfg.dataset} (--dataset), which has no card here: "
+                         "pass --card with its dataset card")
     if not card_path.is_file():
         raise FileNotFoundError(f"no dataset card at {card_path}: write one (see datasets_cards/) and pass --card")
     return load_data(cfg, seed, fold), card_path
 
 
 def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path,
-                        max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+                        max_shard_bytes: int = MAX_SHARD_BYTES, max_row_group_bytes: int | None = None) -> Path:
     """Write ``dataset_dict`` as Hub-layout Parquet shards with embedded images, plus its card.
 
     ``load_dataset(out_dir)`` gives back the same splits, features (``ClassLabel`` names included)
@@ -314,14 +371,14 @@ def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path
     card = DatasetCard.load(card_path)
     missing = [field for field in DATASET_CARD_FIELDS if not card.data.get(field)]
     if missing:
-        raise ValueError(f"{card_path}: the card's YAML lacks {missing}; the Hub needs them to list the dataset")
+        raise RepoFolderError(f"{card_path}: the card's YAML lacks {missing}; the Hub needs them to list the dataset")
     out = Path(out_dir)
     (out / "data").mkdir(parents=True, exist_ok=True)
     features = next(iter(dataset_dict.values())).features
     info = DatasetInfo(features=features, splits=SplitDict(), download_size=0, dataset_size=0)
     for split, dataset in dataset_dict.items():
         dataset = dataset.cast_column("image", Image())  # decodable, so its files are embedded below
-        files, num_bytes = write_parquet_shards(dataset, out / "data", split, max_shard_bytes)
+        files, num_bytes = write_parquet_shards(dataset, out / "data", split, max_shard_bytes, max_row_group_bytes)
         info.splits.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=len(dataset)))
         info.download_size += sum(f.stat().st_size for f in files)
         info.dataset_size += num_bytes
@@ -335,21 +392,50 @@ def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path
     return out
 
 
-def write_parquet_shards(dataset, folder: Path, split: str, max_shard_bytes: int) -> tuple[list[Path], int]:
-    """``<split>-0000i-of-0000n.parquet`` files with the image bytes inside; returns them and the Arrow size."""
-    from datasets.table import embed_table_storage
+def write_parquet_shards(dataset, folder: Path, split: str, max_shard_bytes: int,
+                         max_row_group_bytes: int | None = None) -> tuple[list[Path], int]:
+    """``<split>-0000i-of-0000n.parquet`` files with the image bytes inside; returns them and the Arrow size.
 
+    Shards hold about ``max_shard_bytes`` each, as ``push_to_hub`` cuts them. Row groups are bounded by
+    bytes as well as rows (:func:`row_group_rows`): at most ``max_row_group_bytes`` uncompressed
+    (default ``datasets.config.MAX_ROW_GROUP_SIZE``, 100 MB; the Hub's dataset viewer refuses row groups
+    above about 286 MiB) unless one photo alone is larger, and at most :data:`ROWS_PER_ROW_GROUP` rows.
+    """
+    from datasets import config
+    from datasets.table import embed_table_storage
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    max_row_group_bytes = max_row_group_bytes or convert_file_size_to_int(config.MAX_ROW_GROUP_SIZE)
     num_shards = max(1, math.ceil(dataset._estimate_nbytes() / max_shard_bytes))  # push_to_hub's estimate
     files, num_bytes = [], 0
     for index in range(num_shards):
         shard = dataset.shard(num_shards=num_shards, index=index, contiguous=True)
         # Same as push_to_hub: read each image file into the table (path keeps only the file name)
         shard = shard.with_format("arrow").map(embed_table_storage, batched=True, keep_in_memory=True)
+        table = shard.data.table
+        rows = row_group_rows([table.slice(i, 1).nbytes for i in range(len(table))], max_row_group_bytes)
         path = folder / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"
-        shard.to_parquet(path, batch_size=ROWS_PER_ROW_GROUP)
+        shard.to_parquet(path, batch_size=rows)  # one row group per batch
         files.append(path)
-        num_bytes += shard.data.nbytes
+        num_bytes += table.nbytes
     return files, num_bytes
+
+
+def row_group_rows(row_bytes: Sequence[int], max_bytes: int, max_rows: int = ROWS_PER_ROW_GROUP) -> int:
+    """Rows per Parquet row group such that every group of that many consecutive rows holds at most ``max_bytes``.
+
+    ``datasets`` sizes row groups from the average row (``get_writer_batch_size_from_data_size``), which
+    overshoots when photo sizes vary; here each group's own bytes (``row_bytes``, Arrow bytes per row)
+    are summed. The answer is the largest divisor of ``max_rows`` that fits (so the viewer's pages of
+    ``max_rows`` rows are whole groups), or 1 when a single row is larger than ``max_bytes``. A
+    :data:`PARQUET_HEADROOM` share of ``max_bytes`` is left for Parquet's page headers.
+    """
+    sizes = np.asarray(row_bytes, dtype=np.int64)
+    budget = max_bytes * (1 - PARQUET_HEADROOM)
+    for rows in (n for n in range(max_rows, 0, -1) if max_rows % n == 0):
+        if not len(sizes) or np.add.reduceat(sizes, np.arange(0, len(sizes), rows)).max() <= budget:
+            return rows
+    return 1
 
 
 def size_category(num_examples: int) -> str:
@@ -378,11 +464,13 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
                                 "(title, sdk: gradio, app_file, ...)")
     unknown = sorted(set(models) - set(SPACE_MODEL_VARIABLES))
     if unknown:
-        raise ValueError(f"unknown Space model variables {unknown}; the app reads {sorted(SPACE_MODEL_VARIABLES)}")
+        raise RepoFolderError(f"unknown Space model variables {unknown}; the app reads {sorted(SPACE_MODEL_VARIABLES)}")
+    require_hub_ids([("--datasets", name) for name in datasets], "dataset")
+    require_hub_ids([(f"--{SPACE_MODEL_VARIABLES[var]}", name) for var, name in models.items()], "model")
     shutil.copytree(source, out, ignore=SPACE_IGNORE, dirs_exist_ok=True)
     card = SpaceCard.load(out / "README.md")
     if card.data.get("sdk") != "gradio":
-        raise ValueError(f"{source}/README.md: expected 'sdk: gradio' in its YAML, found {card.data.get('sdk')!r}")
+        raise RepoFolderError(f"{source}/README.md: expected 'sdk: gradio' in its YAML, found {card.data.get('sdk')!r}")
     app_file = card.data.get("app_file") or "app.py"
     if not (out / app_file).is_file():
         raise FileNotFoundError(f"{source}/README.md names app_file {app_file!r}, which is not in {source}")
@@ -400,6 +488,15 @@ def build_space_repo(space_dir: str | Path, out_dir: str | Path, models: Mapping
         # The Space installs only requirements.txt; ship our package's source beside app.py
         shutil.copytree(Path(__file__).parent, out / "hf_model", ignore=shutil.ignore_patterns("__pycache__"))
     return out
+
+
+def require_hub_ids(given: Iterable[tuple[str, str]], kind: str) -> None:
+    """Raise ``ValueError`` when a ``(flag, name)`` for the Space card's ``datasets:`` / ``models:`` is not a Hub
+    repo id: the Space reads those repos from the Hub, and a local path there would publish the machine's folders."""
+    local = [f"{flag} {name}" for flag, name in given if not is_hub_repo_id(name, check_local=False)]
+    if local:
+        raise RepoFolderError(f"{', '.join(local)}: not a Hub {kind} id (user/name); the Space card lists Hub repos "
+                         f"only. Publish the {kind} first (hf-model publish {kind}) and give its repo id")
 
 
 def copy_space_examples(examples_dir: Path, out: Path) -> None:

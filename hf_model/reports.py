@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -53,6 +55,10 @@ CARD_METRICS = {
     "test_top5_accuracy": ("top_k_accuracy", "Top-5 accuracy", {"k": 5}),
 }
 MAX_CARD_CLASSES = 30  # per-class rows in the card; the rest stay in all_results.json
+LABELED_SPLITS = ("train", "validation", "test")  # the photos a card counts as the labeled data
+# An absolute or home path inside a text: a word (after a space, '=', a quote or '(') that starts at a root
+# ('/', '~/', 'C:\\', '\\\\server'); relative paths and URLs ('https://...') do not match
+MACHINE_PATH = re.compile(r"""(?<![^\s='"(])(?:~[^\s'"/\\]*|[A-Za-z]:)?[/\\]+[^\s'"/\\][^\s'"]*""")
 DPI = 110
 LOG_HISTORY_JSON = "log_history.json"
 
@@ -318,7 +324,7 @@ Labels: {{ label_source }}.
 
 {{ splits_table }}
 {% if command %}
-Trained with this exact command:
+{{ command_intro }}
 
 ```bash
 {{ command }}
@@ -344,32 +350,49 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
                      command: str, hyperparameters: dict, label_names: Sequence[str], plots: Sequence[str],
                      label_source: str,
                      split_sizes: dict[str, int], license: str = "apache-2.0", limitations: str | None = None,
-                     model_name: str | None = None, model_id: str | None = None, provenance: str = "") -> ModelCard:
-    """Write ``output_dir/README.md``: Hub metadata with a ``model-index`` of the test metrics, then the prose."""
+                     model_name: str | None = None, model_id: str | None = None, provenance: str = "",
+                     data_dir: str | None = None) -> ModelCard:
+    """Write ``output_dir/README.md``: Hub metadata with a ``model-index`` of the test metrics, then the prose.
+
+    ``dataset`` is what ``--dataset`` named (a Hub id, or a local dataset folder), ``data_dir`` the
+    ``--data_dir`` photo folder. Only Hub ids (:func:`is_hub_repo_id`) reach the metadata (``datasets:``,
+    ``base_model``, the model-index dataset) and the links; a local folder is described in the prose by its
+    last part (``bedrooms/``), and every absolute or home path in the command, label source and
+    hyperparameters is cut to its last part (:func:`without_machine_paths`): a published card never shows
+    the training machine's folders.
+    """
     output_dir = Path(output_dir)
     model_name = model_name or output_dir.resolve().name
     missing = [name for name in plots if not (output_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"plots {missing} are not in {output_dir}: write them before the model card")
+    hub_dataset = dataset if dataset and is_hub_repo_id(dataset) else None
+    local = None if hub_dataset else dataset or data_dir
+    folder = f"`{path_name(local)}/`" if local else None  # its last part only: a home path names the user
+    base_model = base_model if base_model and is_hub_repo_id(base_model) else None
+    label_source = without_machine_paths(label_source)
+    public_command = without_machine_paths(command)
+    command_intro = ("Trained with this exact command:" if public_command == command
+                     else "Trained with this command (absolute paths cut to their last folder):")
     card_data = ModelCardData(
-        model_name=model_name, base_model=base_model, datasets=[dataset] if dataset else None, license=license,
-        library_name="transformers", pipeline_tag="image-classification",
+        model_name=model_name, base_model=base_model, datasets=[hub_dataset] if hub_dataset else None,
+        license=license, library_name="transformers", pipeline_tag="image-classification",
         tags=["image-classification", "vision", "hf_model"],
         metrics=[CARD_METRICS[key][0] for key in CARD_METRICS if key in metrics],
-        eval_results=eval_results(metrics, dataset),
+        eval_results=eval_results(metrics, hub_dataset),
     )
     card = ModelCard.from_template(
         card_data, template_str=CARD_TEMPLATE, model_name=model_name, model_id=model_id or str(output_dir),
-        summary=_summary(base_model, dataset, label_names), top_k=min(TOP_K, len(label_names)),
+        summary=_summary(base_model, _data_phrase(hub_dataset, folder, split_sizes), label_names),
+        top_k=min(TOP_K, len(label_names)),
         results_table=results_table(metrics, count_test_photos(metrics, split_sizes), len(label_names)),
         provenance=provenance,
         per_class_table=per_class_table(metrics.get("test_per_class", {})), label_source=label_source,
         splits_table=markdown_table(["split", "photos"], list(split_sizes.items())) if split_sizes else "",
-        command=command,
-        hyperparameters_table=markdown_table(["hyperparameter", "value"], sorted(hyperparameters.items()))
-        if hyperparameters else "",
+        command=public_command, command_intro=command_intro,
+        hyperparameters_table=_hyperparameters_table(hyperparameters),
         plots=[(name, PLOT_CAPTIONS.get(name, Path(name).stem.replace("_", " "))) for name in plots],
-        intended_use=_intended_use(dataset, label_names),
+        intended_use=_intended_use(hub_dataset or folder or "the training folder", label_names),
         limits=_limits(metrics, split_sizes, label_source, len(label_names), limitations),
     )
     text = str(card)
@@ -393,10 +416,9 @@ def write_run_card(output_dir: str | Path, record: RunRecord | None, metrics: di
                                 hyperparameters={}, label_names=label_names, plots=plots,
                                 label_source="the training folder", split_sizes={}, model_id=model_id,
                                 model_name=model_name)
-    dataset = record.config.dataset
-    hub_dataset = dataset if dataset and not Path(dataset).exists() else None  # a local folder is no Hub link
     return write_model_card(
-        output_dir, base_model=base_model_id(record.config.backbone), dataset=hub_dataset, metrics=metrics,
+        output_dir, base_model=base_model_id(record.config.backbone), dataset=record.config.dataset,
+        data_dir=record.config.data_dir, metrics=metrics,
         command=record.command, hyperparameters=card_hyperparameters(record, metrics.get("chosen")),
         label_names=label_names, plots=plots,
         label_source=record.label_source, split_sizes=record.split_sizes, model_id=model_id, model_name=model_name,
@@ -452,7 +474,8 @@ def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
              "image_size": record.image_size,
              **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
              **{k: v for k, v in dataclasses.asdict(record.config).items()  # image_size: the size trained at, above
-                if k not in ("data_dir", "dataset", "preset", "preset_file", "cache_dir", "image_size")}}
+                if k not in ("data_dir", "dataset", "labels_file", "preset", "preset_file", "cache_dir",
+                             "image_size")}}
     chosen = chosen or {}
     if chosen.get("head_C") is not None:
         table["head_C"] = chosen["head_C"]  # the L2 strength inner cross-validation chose
@@ -464,7 +487,11 @@ def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
 
 
 def eval_results(metrics: dict, dataset: str | None) -> list[EvalResult]:
-    """One ``EvalResult`` per test metric present (accuracy, macro-F1, ROC AUC, top-5)."""
+    """One ``EvalResult`` per test metric present (accuracy, macro-F1, ROC AUC, top-5).
+
+    ``dataset`` is the Hub dataset id tested on, or None for local photos (``imagefolder``, named
+    "local photo folder"): the Hub reads the model-index dataset type as a dataset id.
+    """
     return [
         EvalResult(task_type="image-classification", task_name="Image Classification",
                    dataset_type=dataset or "imagefolder", dataset_name=dataset or "local photo folder",
@@ -510,18 +537,34 @@ def count_test_photos(metrics: dict, split_sizes: dict[str, int]) -> int | None:
     return sum(c["support"] for c in per_class.values()) if per_class else split_sizes.get("test")
 
 
-def _summary(base_model: str | None, dataset: str | None, label_names: Sequence[str]) -> str:
+def _hyperparameters_table(hyperparameters: dict) -> str:
+    """The card's hyperparameter table, sorted by name; a path in it (a local backbone) shows its last part."""
+    rows = sorted((name, without_machine_paths(value) if isinstance(value, str) else value)
+                  for name, value in hyperparameters.items())
+    return markdown_table(["hyperparameter", "value"], rows) if rows else ""
+
+
+def _data_phrase(hub_dataset: str | None, folder: str | None, split_sizes: dict[str, int]) -> str:
+    """The training data in the card's summary: a linked Hub id, or the local folder's name and photo count."""
+    if hub_dataset:
+        return f"[{hub_dataset}](https://huggingface.co/datasets/{hub_dataset})"
+    if not folder:
+        return "a local folder of photos"
+    photos = sum(n for split, n in split_sizes.items() if split in LABELED_SPLITS)
+    return f"a local folder of photos ({folder}{f', {photos} labeled photos' if photos else ''})"
+
+
+def _summary(base_model: str | None, data: str, label_names: Sequence[str]) -> str:
     if not base_model:
         base = "a pretrained backbone from a local folder"
     else:
         base = f"[{base_model}](https://huggingface.co/{base_model})" if base_model.count("/") == 1 else base_model
-    data = f"[{dataset}](https://huggingface.co/datasets/{dataset})" if dataset else "a local folder of photos"
     return (f"An image classifier fine-tuned from {base} on {data}. It sorts a photo into one of "
             f"{len(label_names)} classes: {_names(label_names)}.")
 
 
-def _intended_use(dataset: str | None, label_names: Sequence[str]) -> str:
-    return (f"Sorting photos like those it was trained on ({dataset or 'the training folder'}) into "
+def _intended_use(data_name: str, label_names: Sequence[str]) -> str:
+    return (f"Sorting photos like those it was trained on ({data_name}) into "
             f"{_names(label_names, 6)}, as a first pass that a person can check. It is not meant for decisions "
             "about people or for photos of other kinds.")
 
@@ -545,6 +588,37 @@ def _limits(metrics: dict, split_sizes: dict, label_source: str, n_classes: int,
 
 
 # ---------------------------------------------------------------- small shared helpers
+
+def is_hub_repo_id(name: str, check_local: bool = True) -> bool:
+    """Whether ``name`` names a Hub repo (``user/name``, or a canonical ``name``) rather than a local path.
+
+    A Hub id passes ``huggingface_hub.utils.validate_repo_id`` (at most one ``/``; letters, digits, ``-_.``;
+    no ``..`` or ``--``), which refuses every path-like name: absolute (POSIX or Windows), ``./``, ``../``,
+    ``~``, backslashes, more than one ``/``. With ``check_local``, a name that exists on this machine is a
+    local folder too, as ``datasets.load_dataset`` and ``from_pretrained`` read it. A run record stores such
+    a folder as its absolute path (``RunRecord.to_dict``), so it reads as local wherever and whenever the
+    card is written.
+    """
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not (check_local and Path(name).exists())
+
+
+def path_name(path: str) -> str:
+    """The last part of a POSIX or Windows path (``/home/alice/photos/bedrooms/`` -> ``bedrooms``)."""
+    return (PureWindowsPath(path) if "\\" in path else PurePosixPath(path)).name or path
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with every absolute or home path in it cut to its last part (a home path names the user).
+
+    ``--data_dir /home/alice/photos/bedrooms`` becomes ``--data_dir bedrooms``; relative paths
+    (``../data/bedrooms``) and URLs are kept. A path with spaces is cut as far as its first space.
+    """
+    return MACHINE_PATH.sub(lambda match: path_name(match[0]), text)
+
 
 def new_figure(width: float, height: float) -> Figure:
     """A matplotlib figure of ``width`` x ``height`` inches that renders with Agg, free of pyplot's global state."""

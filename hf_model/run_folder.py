@@ -76,9 +76,29 @@ def plan_run(args, resume: bool, record: RunRecord) -> RunPlan:
                 return RunPlan(finished=finished_results(output_dir))
             logger.info("resuming from %s (pass --no_resume to start over)", checkpoint)
             return RunPlan(resume_from=checkpoint)
+    if read_record(output_dir) is None and last_checkpoint(output_dir) is None:
+        refuse_foreign_files(output_dir)
     if args.should_save:  # the main process
         clear_previous_run(output_dir)
     return RunPlan()
+
+
+def refuse_foreign_files(output_dir: Path) -> None:
+    """Raise :class:`RunFolderError` when ``output_dir`` holds visible files but no run (no record, no checkpoint)
+    besides a previous run's leftovers (:func:`previous_run_leftovers`, which the new run clears).
+
+    A run writes its record before anything else, so such files are the user's (photos, notes, another tool's
+    model) and training would overwrite some of them (``README.md``, ``config.json``). transformers refused a
+    non-empty ``output_dir`` the same way (``--overwrite_output_dir``); here the user picks another folder.
+    """
+    if not output_dir.is_dir():
+        return
+    ours = set(previous_run_leftovers(output_dir))  # a run killed before its record, or another run's results
+    foreign = sorted(path.name for path in output_dir.iterdir() if not path.name.startswith(".") and path not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RunFolderError(f"--output_dir {output_dir} holds files that are not a training run ({shown}); "
+                             "training would write its model and reports among them: choose a new or empty folder")
 
 
 def check_same_run(output_dir: Path, previous: dict | None, checkpoint: str | None, record: RunRecord) -> None:
@@ -217,11 +237,16 @@ def _readable_json(path: Path) -> bool:
     return True
 
 
-def clear_previous_run(output_dir: Path) -> None:
-    """A fresh run in a used folder: drop the old checkpoints and results so none leak into this run's."""
+def previous_run_leftovers(output_dir: Path) -> list[Path]:
+    """What a previous run in ``output_dir`` left that would leak into a new one: checkpoints, results, staging."""
     stale = [*output_dir.glob("checkpoint-*"), output_dir / "stage1", *output_dir.glob("*results.json"),
              output_dir / "log_history.json", output_dir / "calibration.json", output_dir / STAGING_DIR]
-    for path in (p for p in stale if p.exists()):
+    return [path for path in stale if path.exists()]
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """A fresh run in a used folder: drop the old checkpoints and results so none leak into this run's."""
+    for path in previous_run_leftovers(output_dir):
         logger.info("starting over: removing %s from a previous run", path)
         if path.is_dir():
             shutil.rmtree(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from hf_model.adapters import adapter_for
 from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
+from hf_model.exit_status import UserInputError
 from hf_model.images import open_image
 from hf_model.predict import class_probabilities
 from hf_model.transforms import build_eval_transform, normalization, to_rgb
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_UNSURE_BELOW = 0.6  # top class under 60%: the model says it is unsure
 VERY_SURE_FROM = 0.9
+# Probabilities are shown to people within [1%, 99%]: a model is never certain, and gr.Label prints
+# Math.round(confidence * 100) + "%", so the label and the sentence can only agree on whole percents.
+SHOWN_PROBABILITY_RANGE = (0.01, 0.99)
 # Photos above PIL's decompression-bomb limit (~89 megapixels) are refused; big JPEGs are decoded
 # at a reduced scale (Image.draft), which is much faster and still far above the model's input size.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -66,7 +71,7 @@ def available_cpus() -> int:
     return count
 
 
-class UnreadablePhotoError(ValueError):
+class UnreadablePhotoError(UserInputError, ValueError):
     """An upload that cannot be classified; the message says why and what to do."""
 
 
@@ -112,7 +117,7 @@ def open_photo(source) -> Image.Image:
 class Prediction:
     """What the model says about one photo."""
 
-    scores: dict[str, float]  # the top-k labels and their probabilities, best first
+    scores: dict[str, float]  # the top-k labels and their probabilities, best first (for people: shown_scores)
     verdict: str  # SURE, UNSURE or OUT_OF_DOMAIN
     message: str  # one plain sentence for people
     domain_score: float | None = None  # None when the model has no calibration
@@ -241,9 +246,28 @@ class Classifier:
         return adapter_for(self.model).logits_and_feature_map(self.model, pixels)
 
 
+def shown_probability(p: float) -> float:
+    """``p`` as people are shown it: clipped to SHOWN_PROBABILITY_RANGE, so never a flat 0% or 100%.
+
+    The Space's ``gr.Label`` gets these values (:func:`shown_scores`), and :func:`percent` writes them in the
+    sentence below it: both screens then print the same whole percent for the same photo.
+    """
+    low, high = SHOWN_PROBABILITY_RANGE
+    return min(max(float(p), low), high)
+
+
+def shown_scores(scores: dict[str, float]) -> dict[str, float]:
+    """Top-k scores (best first, as in :class:`Prediction`) with each probability as people are shown it."""
+    return {label: shown_probability(p) for label, p in scores.items()}
+
+
 def percent(p: float) -> str:
-    """A probability for people: never a flat 100% or 0%, which a model cannot know."""
-    return ">99%" if p > 0.99 else "<1%" if p < 0.01 else f"{p:.0%}"
+    """A probability for people, as a whole percent from 1% to 99% (0.996 -> "99%", 0.004 -> "1%").
+
+    Rounded half up, exactly as gradio's Label component rounds (``Math.round(confidence * 100)``), so the
+    sentence agrees with the label above it; never 100% or 0%, which a model cannot know.
+    """
+    return f"{math.floor(shown_probability(p) * 100 + 0.5)}%"
 
 
 def grad_cam(class_logit: torch.Tensor, feature_map: torch.Tensor) -> np.ndarray:

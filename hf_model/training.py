@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from hf_model.backbones import (
     resolve_backbone,
     weights_version,
 )
-from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args
+from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args, program
 from hf_model.data import HAND_LABELED_SPLITS, load_data, training_photos
 from hf_model.exit_status import command
 from hf_model.experiments import cross_validate, teach
@@ -62,12 +61,8 @@ logger = logging.getLogger("hf_model")
 MIN_HELD_OUT = 30  # held-out predictions needed to fit a temperature: fewer fit noise, and T runs to an extreme
 
 
-def program() -> str:
-    """How the user started training: ``hf-model train`` or ``python train.py``."""
-    return "hf-model train" if Path(sys.argv[0]).name == "hf-model" else "python train.py"
-
-
-@command(program)
+@command(program, resume_hint="rerun the same command to continue from the last complete checkpoint "
+                           "(finished folds are kept)")
 def main(argv: list[str] | None = None) -> dict:
     """``python train.py`` / ``hf-model train``: one run, or one per fold with ``--cv_folds``.
 

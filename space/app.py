@@ -32,7 +32,14 @@ import gradio as gr
 import torch
 
 from hf_model.images import list_images
-from hf_model.serving import OUT_OF_DOMAIN, Classifier, UnreadablePhotoError, available_cpus, open_photo
+from hf_model.serving import (
+    OUT_OF_DOMAIN,
+    Classifier,
+    UnreadablePhotoError,
+    available_cpus,
+    open_photo,
+    shown_scores,
+)
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS, Task
 
 logger = logging.getLogger("space")
@@ -111,7 +118,8 @@ def make_predict(task: Task, model: TaskModel):
         except Exception:  # a clear message in the page, the traceback in the log
             logger.exception("%s: classifying %s failed", task.title, photo)
             raise gr.Error("Something went wrong while classifying this photo. Please try another one.") from None
-        label = task.rejection_label if prediction.verdict == OUT_OF_DOMAIN else prediction.scores
+        # the label prints what it gets as whole percents: shown_scores keeps it to 1-99%, like the sentence
+        label = task.rejection_label if prediction.verdict == OUT_OF_DOMAIN else shown_scores(prediction.scores)
         return label, prediction.message, prediction.heatmap
 
     return predict
@@ -181,6 +189,11 @@ def task_tab(task: Task, model: TaskModel, examples: list[str]) -> None:
 
 
 def calibration_note(task: Task, model: TaskModel) -> str:
+    """What the tab says about its out-of-domain check: the rates calibration.json measured, with their intervals
+    and sample sizes, and a warning when it was calibrated on fewer photos than ``hf-model calibrate`` asks for.
+
+    calibration.json files written before the intervals (or before the report) are described without them.
+    """
     calibration = model.classifier.calibration if model.classifier else None
     if calibration is None:
         return f"This model has no calibration.json, so it does not check that photos show {task.subject}."
@@ -188,11 +201,29 @@ def calibration_note(task: Task, model: TaskModel) -> str:
     if not held_out:
         return f"Photos that do not look like {task.subject} get “{task.rejection_label}”."
     other, same = held_out["out_of_domain"], held_out["in_domain"]
-    return (
+    note = (
         f"Photos that do not look like {task.subject} get “{task.rejection_label}”: on held-out photos, "
-        f"{other['rejected']:.0%} of {other['photos']} other photos and {same['rejected']:.0%} of "
-        f"{same['photos']} photos like the training set."
+        f"{held_out_rate(other)} other photos and {held_out_rate(same)} photos like the training set"
+        f"{' (95% intervals in brackets)' if 'rejected_ci95' in other else ''}."
     )
+    sizes = calibration.report.get("sample_sizes", {})
+    if sizes.get("below_required"):
+        required = sizes["required"]
+        note += (
+            f" **Calibrated on few photos** ({sizes['validation']} like the training set and "
+            f"{sizes['out_of_domain']} others, where at least {required['validation']} and "
+            f"{required['out_of_domain']} are asked for): these rates are rough."
+        )
+    return note
+
+
+def held_out_rate(entry: dict) -> str:
+    """``87% [78-93%] of 75``: a share of held-out photos turned away, with its interval when recorded."""
+    interval = entry.get("rejected_ci95")
+    if entry["rejected"] is None:
+        return f"none of {entry['photos']}"
+    bracket = f" [{interval[0] * 100:.0f}-{interval[1]:.0%}]" if interval else ""
+    return f"{entry['rejected']:.0%}{bracket} of {entry['photos']}"
 
 
 def example_photos(examples_dir: str | Path | None, task: Task) -> list[str]:

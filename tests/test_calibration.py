@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +15,17 @@ from conftest import make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
 
-from hf_model.calibration import calibrate, out_of_domain_photos, photo_probabilities
+from hf_model.calibration import (
+    calibrate,
+    out_of_domain_photos,
+    photo_probabilities,
+    required_photos,
+    wilson_interval,
+)
 from hf_model.calibration import main as calibration_main
 from hf_model.config import load_run_config
-from hf_model.serving import Calibration, UnreadablePhotoError
+from hf_model.data import DataError
+from hf_model.serving import CALIBRATION_FILE, Calibration, UnreadablePhotoError
 from hf_model.training import main
 
 FAST = ["--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--image_size", "32", "--stages", "1",
@@ -37,7 +48,7 @@ def test_a_model_trained_on_a_dataset_is_calibrated_on_its_own_splits(tiny_convn
 
     record = load_run_config(out)
     assert record.config.dataset == str(tmp_path / "hub") and record.training_args.seed == 3
-    report = calibrate(out, [tmp_path / "other"])
+    report = calibrate(out, [tmp_path / "other"], allow_small_samples=True)  # 6 validation photos, 4 others
 
     # the splits calibration scored are the run's own: same sizes as recorded at training time
     photos = {name: counts["photos"] for name, counts in report["rejected"].items()}
@@ -106,5 +117,98 @@ def test_numeric_flags_out_of_range_stop_at_parse_time(tmp_path, capsys, flag, v
 
 
 def test_a_folder_that_is_not_a_trained_run_is_one_line(tmp_path):
-    with pytest.raises(SystemExit, match=r"^hf-model calibrate: .*hf_model_config.json does not exist"):
+    with pytest.raises(SystemExit, match=r"^hf-model calibrate: error: .*hf_model_config.json does not exist"):
         calibration_main([str(tmp_path / "nope"), str(tmp_path)])
+
+
+# ---------------------------------------------------------------- sample sizes and intervals (issue 18, part 7)
+
+
+def small_run(root: Path, out_of_domain: int, model: str | None = None) -> Path:
+    """A run folder whose validation split holds 3 photos (12 photos, split 0.5 / 0.25 / 0.25), and
+    ``out_of_domain`` photos in ``root / "other"``; ``model`` is a model folder copied in (calibrate needs one
+    only once the sample sizes pass)."""
+    for i in range(12):
+        make_photo(root / "photos" / ("a" if i % 2 else "b") / f"{i}.png", (200, 40, 40) if i % 2 else (40, 40, 200),
+                   seed=i)
+    for i in range(out_of_domain):
+        make_photo(root / "other" / f"{i}.jpg", (20, 200, 20), seed=50 + i)
+    run = root / "run"
+    if model:
+        shutil.copytree(model, run)
+    run.mkdir(exist_ok=True)
+    record = {"config": {"data_dir": str(root / "photos"), "split_fractions": [0.5, 0.25, 0.25]}}
+    (run / "hf_model_config.json").write_text(json.dumps(record))
+    return run
+
+
+def wilson(successes: int, trials: int, z: float = 1.959963984540054) -> list[float]:
+    """The Wilson score interval from its closed form (Wilson 1927), z the 97.5% normal quantile."""
+    centre = (successes + z * z / 2) / (trials + z * z)
+    half = z / (trials + z * z) * math.sqrt(successes * (trials - successes) / trials + z * z / 4)
+    return [round(max(centre - half, 0.0), 4), round(min(centre + half, 1.0), 4)]
+
+
+def test_three_validation_photos_against_two_out_of_domain_photos_are_refused_saying_what_to_do(tmp_path):
+    run = small_run(tmp_path, out_of_domain=2)
+    with pytest.raises(DataError) as refused:
+        calibrate(run, [tmp_path / "other"])
+    assert str(refused.value) == (
+        f"too few photos to choose a threshold on: 3 validation photos in the run {run} (need 30: train on more "
+        "photos or with a larger validation share, --split_fractions); 2 readable out-of-domain photos in "
+        f"{tmp_path / 'other'} (need 60, half to choose the threshold and half to check it: add photos the model "
+        "should turn away). Pass --allow_small_samples to calibrate anyway")
+    assert not (run / CALIBRATION_FILE).exists()
+
+
+def test_the_command_refuses_small_samples_in_one_line_naming_the_limit_that_caused_it(tmp_path):
+    run = small_run(tmp_path, out_of_domain=2)
+    with pytest.raises(SystemExit, match=r"^hf-model calibrate: error: too few photos to choose a threshold on: "
+                       r"3 validation photos .*; --limit 10 caps each set\. "
+                       r"Pass --allow_small_samples to calibrate anyway$"):
+        calibration_main([str(run), str(tmp_path / "other"), "--limit", "10"])
+    assert not (run / CALIBRATION_FILE).exists()
+
+
+def test_allow_small_samples_still_needs_an_out_of_domain_photo_for_each_half(tmp_path):
+    run = small_run(tmp_path, out_of_domain=1)
+    with pytest.raises(DataError, match=r"^too few photos to choose a threshold on: 1 readable out-of-domain photos "
+                       r".*\(need 2, half to choose the threshold and half to check it: add photos the model should "
+                       r"turn away\)$"):
+        calibrate(run, [tmp_path / "other"], allow_small_samples=True)
+
+
+def test_allow_small_samples_warns_loudly_and_records_sizes_and_intervals(tiny_convnext, tmp_path, caplog):
+    run = small_run(tmp_path, out_of_domain=2, model=tiny_convnext)
+    with caplog.at_level(logging.WARNING, logger="hf_model.calibration"):
+        report = calibrate(run, [tmp_path / "other"], allow_small_samples=True)
+
+    assert [r.getMessage() for r in caplog.records if r.name == "hf_model.calibration"] == [
+        f"CALIBRATING ON TOO FEW PHOTOS (--allow_small_samples): 3 validation photos in the run {run} (need 30: train "
+        "on more photos or with a larger validation share, --split_fractions); 2 readable out-of-domain photos in "
+        f"{tmp_path / 'other'} (need 60, half to choose the threshold and half to check it: add photos the model "
+        "should turn away). The rates in calibration.json come with wide intervals (its *_ci95 entries); calibrate "
+        "again on more photos before relying on them"]
+    assert report["sample_sizes"] == {"validation": 3, "out_of_domain": 2, "below_required": True,
+                                      "required": {"validation": 30, "out_of_domain": 60}}
+    for name, entry in report["rejected"].items():  # each rate with the Wilson interval of its own count
+        rejected = round(entry["rejected"] * entry["photos"])
+        assert entry["rejected_ci95"] == wilson(rejected, entry["photos"]), name
+    assert report["rejected"]["validation"]["photos"] == 3
+    assert report["rejected"]["other_held_out"] == {"photos": 1, "rejected": 0.0, "rejected_ci95": [0.0, 0.7935]}
+    unsure = report["unsure"]
+    assert unsure["photos"] == 3 and unsure["photos_sure"] + unsure["photos_unsure"] == 3
+    assert unsure["unsure_share_ci95"] == wilson(unsure["photos_unsure"], 3)
+    assert Calibration.load(run).report == report  # all of it in calibration.json
+
+
+def test_wilson_intervals_match_the_closed_form_for_a_known_sample_size():
+    assert wilson_interval(2, 30) == wilson(2, 30) == [0.0185, 0.2132]
+    assert wilson_interval(0, 30) == [0.0, 0.1135]  # none of 30 turned away: still up to 11%
+    assert wilson_interval(30, 30) == [0.8865, 1.0]
+    assert wilson_interval(65, 75) == wilson(65, 75) == [0.7717, 0.9259]  # 86.7% of 75
+
+
+@pytest.mark.parametrize(("cap", "validation"), [(0.05, 30), (0.1, 30), (0.0, 30), (0.02, 50), (0.01, 100)])
+def test_a_smaller_in_domain_cap_needs_more_validation_photos(cap, validation):
+    assert required_photos(cap) == {"validation": validation, "out_of_domain": 60}

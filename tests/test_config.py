@@ -177,3 +177,32 @@ def test_a_record_written_on_a_gpu_with_bf16_loads_on_this_machine(tmp_path):
     (tmp_path / "hf_model_config.json").write_text(json.dumps(raw))
     record = load_run_config(tmp_path)
     assert record.training_args.seed == 5 and record.config == cfg
+
+
+def _usage_error(argv: list[str], capsys) -> list[str]:
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_bad_value_from_a_preset_file_names_the_file(tmp_path, capsys):
+    preset = tmp_path / "tuned.json"
+    preset.write_text('{"learning_rate": -1}')
+    lines = _usage_error(["--preset_file", str(preset), "--data_dir", "x", "--output_dir", "o"], capsys)
+    assert lines[-1].endswith(f"error: --learning_rate must be above 0 (--learning_rate set by --preset_file {preset}: "
+                              "give it on the command line to change it)")
+
+
+def test_a_clash_with_a_default_says_which_default_in_one_line(capsys):
+    lines = _usage_error(["--eval_strategy", "no", "--data_dir", "x", "--output_dir", "o"], capsys)
+    assert lines[-1].startswith("python train.py: error: --load_best_model_at_end requires the save and eval strategy")
+    assert lines[-1].endswith("(--load_best_model_at_end set by python train.py's defaults: give it on the command "
+                              "line to change it)")
+
+
+def test_a_usage_error_shows_a_short_usage_line_not_every_flag(capsys):
+    lines = _usage_error(["--data_dir", "x", "--output_dir", "o", "--learning_rate", "0"], capsys)
+    assert lines == ["usage: python train.py --data_dir DIR | --dataset ID --output_dir DIR [options]   "
+                     "(--help lists every option)",
+                     "python train.py: error: --learning_rate must be above 0"]

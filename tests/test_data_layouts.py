@@ -662,3 +662,9 @@ def test_a_hub_dataset_that_cannot_be_reached_is_one_data_error_naming_the_flag(
     with pytest.raises(DataError, match=r"^--dataset nosuch/photos: neither a local folder nor a Hub dataset that "
                                         r"could be loaded \(and the Hub is offline: HF_HUB_OFFLINE=1\)"):
         build_dataset(dataset_name="nosuch/photos")
+
+
+def test_a_local_folder_given_as_dataset_is_named_as_a_folder_not_a_hub_dataset(tmp_path):
+    make_class_folders(tmp_path / "photos")
+    data = build_dataset(dataset_name=str(tmp_path / "photos"))
+    assert data.label_source == "the dataset folder photos/ (column 'label')"

@@ -121,7 +121,7 @@ def test_cross_validation_runs_every_fold_into_its_own_folder_and_averages(tmp_p
 
 
 def test_rerunning_an_interrupted_cross_validation_trains_only_its_unfinished_folds(image_folder, tiny_convnext,
-                                                                                   tmp_path, monkeypatch):
+                                                                                   tmp_path, monkeypatch, capsys):
     import hf_model.training as training
 
     fine_tune, trained = training.fine_tune, []
@@ -136,8 +136,10 @@ def test_rerunning_an_interrupted_cross_validation_trains_only_its_unfinished_fo
     out = tmp_path / "cv"
     command = ["--data_dir", str(image_folder), "--backbone", tiny_convnext, "--output_dir", str(out), "--cv_folds",
                "2", "--cache_dir", str(tmp_path / "cache"), "--dataloader_pin_memory", "false", *FAST]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stop:
         main(command)
+    assert stop.value.code == 130  # Ctrl-C's exit status
+    assert "interrupted; rerun the same command to continue" in capsys.readouterr().err
     fold0 = json.loads((out / "fold-0" / "test_results.json").read_text())
     summary = main(command)
     assert trained == ["fold-0", "fold-1", "fold-1"]  # fold 0 finished the first time: reported, not retrained

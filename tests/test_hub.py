@@ -471,3 +471,127 @@ def test_publish_dataset_skips_an_unreadable_photo_when_asked_as_its_error_advis
     hub.main([*flags, "--skip_bad_images"])
     published = load_dataset("parquet", data_dir=str(tmp_path / "repo" / "data"))
     assert sum(len(split) for split in published.values()) == 12  # every readable photo, the broken one left out
+
+
+# ------------------------------------------------------------------- no machine paths in a published repo
+
+
+def test_published_record_and_calibration_keep_no_machine_paths_and_still_load(trained_dir, tmp_path):
+    from hf_model.config import load_run_config
+
+    source = tmp_path / "run"
+    shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (source / "calibration.json").write_text(json.dumps({"threshold": 0.6, "out_of_domain_dirs": [
+        "/home/alice/photos/not_rooms", "../shared/data/rooms_other"]}))
+    assert str(trained_dir) in (source / "hf_model_config.json").read_text()  # output_dir, as trained
+    out = hub.build_model_repo(source, tmp_path / "repo", "alice/bedroom-style")
+
+    assert str(trained_dir.parent) not in (out / "hf_model_config.json").read_text()
+    record = load_run_config(out)
+    assert record.training_args.output_dir == "bedrooms"  # cut to its last folder
+    assert record.config.data_dir == "bedrooms" and record.split_sizes == {"train": 289, "validation": 58, "test": 39}
+    assert json.loads((out / "calibration.json").read_text()) == {
+        "threshold": 0.6, "out_of_domain_dirs": ["not_rooms", "../shared/data/rooms_other"]}
+    assert (out / "all_results.json").read_text() == (source / "all_results.json").read_text()  # nothing to cut
+
+
+def test_a_card_that_names_a_local_dataset_as_a_hub_repo_is_rewritten_when_published(trained_dir, tmp_path):
+    source = tmp_path / "run"
+    shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (source / "README.md").write_text(  # what cards written before the fix said for --dataset /home/alice/bedrooms
+        "---\ndatasets:\n- /home/alice/bedrooms\nmodel-index:\n- name: bedrooms\n  results:\n  - task:\n"
+        "      type: image-classification\n    dataset:\n      name: /home/alice/bedrooms\n"
+        "      type: /home/alice/bedrooms\n    metrics:\n    - type: accuracy\n      value: 0.8\n---\n"
+        "# bedrooms\n\nTrained on [/home/alice/bedrooms](https://huggingface.co/datasets//home/alice/bedrooms).\n")
+    out = hub.build_model_repo(source, tmp_path / "repo", "alice/bedroom-style")
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.datasets is None
+    assert [(r.dataset_type, r.dataset_name) for r in card.data.eval_results] == [
+        ("imagefolder", "local photo folder")] * 2  # accuracy and F1 from all_results.json
+    assert "/home/alice" not in str(card) and "a local folder of photos (`bedrooms/`, 386 labeled photos)" in card.text
+
+
+def test_a_hand_written_card_is_published_without_absolute_paths(trained_dir, tmp_path):
+    source = tmp_path / "run"
+    shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Rooms\n\nPhotos from /home/alice/rooms, "
+                                      "trained with `--data_dir ~/rooms`; see ../notes.md.\n")
+    out = hub.build_model_repo(source, tmp_path / "repo", "alice/bedroom-style")
+
+    text = ModelCard.load(out / "README.md").text
+    assert "Photos from rooms, trained with `--data_dir rooms`; see ../notes.md." in text
+
+
+def test_space_card_refuses_local_paths_as_dataset_or_model_ids(space_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"--datasets /home/alice/bedrooms: not a Hub dataset id"):
+        hub.build_space_repo(space_dir, tmp_path / "repo", {}, ["alice/bedroom-style", "/home/alice/bedrooms"])
+    with pytest.raises(ValueError, match=r"--bedroom_model runs/bedrooms/model: not a Hub model id"):
+        hub.build_space_repo(space_dir, tmp_path / "repo2", {"BEDROOM_MODEL": "runs/bedrooms/model"})
+
+
+# --------------------------------------------------------------- Parquet row groups the viewer can read
+
+
+def random_photos(sizes: list[int], seed: int = 0) -> Dataset:
+    """Rows whose image cells hold ``sizes[i]`` random bytes: stand-ins for photos (nothing decodes them)."""
+    rng = np.random.default_rng(seed)
+    images = [{"bytes": rng.bytes(int(size)), "path": f"IMG_{i:04d}.jpg"} for i, size in enumerate(sizes)]
+    return Dataset.from_dict({"image": images, "label": [i % 2 for i in range(len(sizes))]},
+                             features=Features({"image": Image(), "label": ClassLabel(names=LABELS)}))
+
+
+def row_groups(path: Path) -> list[tuple[int, int]]:
+    """``(rows, uncompressed bytes)`` of each row group of a Parquet file."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    return [(metadata.row_group(i).num_rows, metadata.row_group(i).total_byte_size)
+            for i in range(metadata.num_row_groups)]
+
+
+def test_row_groups_of_large_photos_stay_within_datasets_byte_bound(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "MAX_ROW_GROUP_SIZE", "1MB")  # 100 MB scaled down, as photos are
+    sizes = np.random.default_rng(1).integers(20_000, 250_000, 60).tolist()  # phone photos of varied sizes, / 100
+    out = hub.export_dataset_repo(DatasetDict(train=random_photos(sizes)), CARDS["bedrooms"], tmp_path / "repo")
+
+    groups = row_groups(out / "data" / "train-00000-of-00001.parquet")
+    assert all(size <= 1_000_000 for _, size in groups)
+    assert sum(rows for rows, _ in groups) == 60 and len(groups) > 1
+    assert 100 % groups[0][0] == 0 and {rows for rows, _ in groups[:-1]} == {groups[0][0]}  # pages are whole groups
+    loaded = load_dataset(str(out), split="train").cast_column("image", Image(decode=False))
+    original = random_photos(sizes).cast_column("image", Image(decode=False))
+    assert [cell["bytes"] for cell in loaded["image"]] == [cell["bytes"] for cell in original["image"]]
+
+
+def test_a_photo_larger_than_the_bound_gets_a_row_group_of_its_own(tmp_path):
+    sizes = [50_000] * 9 + [1_500_000] + [50_000] * 10
+    files, _ = hub.write_parquet_shards(random_photos(sizes), tmp_path, "train", hub.MAX_SHARD_BYTES,
+                                        max_row_group_bytes=1_000_000)
+
+    groups = row_groups(files[0])
+    assert [rows for rows, _ in groups] == [1] * 20
+    assert [size > 1_000_000 for _, size in groups] == [i == 9 for i in range(20)]
+
+
+def test_small_images_keep_row_groups_of_100_rows(tmp_path):
+    files, _ = hub.write_parquet_shards(random_photos([300] * 250), tmp_path, "train", hub.MAX_SHARD_BYTES)
+    assert [rows for rows, _ in row_groups(files[0])] == [100, 100, 50]
+
+
+def test_row_group_rows_bounds_the_worst_group_where_an_average_overshoots(monkeypatch):
+    import datasets
+    from datasets.arrow_writer import get_writer_batch_size_from_data_size
+
+    sizes = [10_000] * 100
+    sizes[0] = sizes[50] = 700_000  # two large photos among small ones
+    monkeypatch.setattr(datasets.config, "MAX_ROW_GROUP_SIZE", "1MB")
+    average_rows = get_writer_batch_size_from_data_size(len(sizes), sum(sizes))
+    assert sum(sizes[:average_rows]) > 1_000_000  # datasets' average-based size overshoots in the first group
+
+    assert hub.row_group_rows(sizes, 1_000_000) == 25  # 700 KB + 24 x 10 KB; 50 rows would hold 1.19 MB
+    assert hub.row_group_rows([10_000] * 100, 1_000_000) == 50
+    assert hub.row_group_rows([2_000_000], 1_000_000) == 1
+    assert hub.row_group_rows([], 1_000_000) == 100

@@ -323,3 +323,124 @@ def test_the_record_says_finished_only_once_plots_and_card_are_written(tmp_path,
     monkeypatch.undo()
     reports.write_reports(tmp_path, record, metrics, probs, test, 1.0)
     assert load_run_config(tmp_path).finished is True and (tmp_path / "README.md").is_file()
+
+
+# ---------------------------------------------------------------- only Hub ids in the metadata
+
+SPLITS = {"train": 289, "validation": 58, "test": 39, "unlabeled": 795}
+
+
+def run_card(tmp_path, *flags: str, command: str = "", label_source: str = "labels.csv (labels by file name)"):
+    """The card of a run trained with ``flags``, written from its run record as loaded back from disk."""
+    from hf_model.config import RunRecord, load_run_config, parse_args
+
+    run = tmp_path / "run"
+    cfg, args = parse_args([*flags, "--output_dir", str(run)])
+    RunRecord(cfg, args, command, None, 224, label_source, SPLITS, ["Modern", "Old"]).save(run)
+    return run, load_run_config(run)
+
+
+def assert_local_data_card(card: ModelCard, text: str, hidden: str):
+    data = card.data.to_dict()
+    assert "datasets" not in data
+    (result,) = data["model-index"][0]["results"]
+    assert result["dataset"] == {"name": "local photo folder", "type": "imagefolder", "split": "test"}
+    assert "on a local folder of photos (`bedrooms/`, 386 labeled photos). It sorts" in text
+    assert "Sorting photos like those it was trained on (`bedrooms/`) into" in text
+    assert "huggingface.co/datasets" not in text
+    assert hidden not in text
+
+
+def test_a_local_dataset_folder_is_prose_not_metadata_after_it_moved(tmp_path):
+    folder = tmp_path / "home" / "alice" / "bedrooms"
+    folder.mkdir(parents=True)
+    run, record = run_card(tmp_path, "--dataset", str(folder))
+    assert record.config.dataset == str(folder)  # the record keeps where it was at training time
+    folder.rename(tmp_path / "moved")  # the card rebuilt after the folder moved, or on another machine
+
+    card = reports.write_run_card(run, record, METRICS, ["Modern", "Old"], model_id="alice/bedrooms")
+    assert_local_data_card(card, (run / "README.md").read_text(), hidden=str(tmp_path))
+
+
+def test_a_relative_local_dataset_folder_is_prose_when_training_writes_the_card(tmp_path, monkeypatch):
+    from hf_model.config import RunRecord, parse_args
+
+    monkeypatch.chdir(tmp_path)
+    Path("bedrooms").mkdir()  # --dataset bedrooms: load_dataset reads the folder, not a Hub repo of that name
+    cfg, args = parse_args(["--dataset", "bedrooms", "--output_dir", "run"])
+    Path("run").mkdir()
+    card = reports.write_run_card("run", RunRecord(cfg, args, "", None, 224, "", SPLITS), METRICS, ["Modern", "Old"])
+    assert_local_data_card(card, Path("run/README.md").read_text(), hidden="datasets/bedrooms")
+
+
+def test_a_hub_dataset_id_is_metadata_and_a_link(tmp_path):
+    run, record = run_card(tmp_path, "--dataset", "someone/bedrooms")
+    card = reports.write_run_card(run, record, METRICS, ["Modern", "Old"])
+    text = (run / "README.md").read_text()
+
+    assert card.data.datasets == ["someone/bedrooms"]
+    assert card.data.eval_results[0].dataset_type == "someone/bedrooms"
+    assert "on [someone/bedrooms](https://huggingface.co/datasets/someone/bedrooms)" in text
+    assert "Sorting photos like those it was trained on (someone/bedrooms) into" in text
+
+
+def test_a_data_dir_run_card_shows_no_absolute_path(tmp_path):
+    photos = tmp_path / "home" / "alice" / "photos" / "bedrooms"
+    photos.mkdir(parents=True)
+    (photos / "labels.csv").write_text("file_name,label\n")
+    command = f"hf-model train --data_dir {photos} --labels_file={photos}/labels.csv --output_dir {tmp_path}/run"
+    run, record = run_card(tmp_path, "--data_dir", str(photos), "--labels_file", str(photos / "labels.csv"),
+                           command=command, label_source=f"{photos}/labels.csv (labels by file name)")
+    card = reports.write_run_card(run, record, METRICS, ["Modern", "Old"], model_id="someone/bedrooms")
+    text = (run / "README.md").read_text()
+
+    assert str(tmp_path) not in text and "alice" not in text
+    assert ("Trained with this command (absolute paths cut to their last folder):\n\n```bash\nhf-model train "
+            "--data_dir bedrooms --labels_file=labels.csv --output_dir run\n```") in text
+    assert "Labels: labels.csv (labels by file name)." in text
+    assert "| labels_file |" not in text and "| seed |" in text  # the data's files are not hyperparameters
+    assert_local_data_card(card, text, hidden="photos/bedrooms")
+
+
+def test_a_local_backbone_folder_is_no_base_model(tmp_path):
+    backbone = tmp_path / "home" / "alice" / "my-backbone"
+    backbone.mkdir(parents=True)
+    run, record = run_card(tmp_path, "--data_dir", "bedrooms", "--backbone", str(backbone))
+    backbone.rmdir()  # published from another machine: base_model_id cannot see it is a folder
+    card = reports.write_run_card(run, record, METRICS, ["Modern", "Old"], model_id="someone/bedrooms")
+    text = (run / "README.md").read_text()
+
+    assert card.data.base_model is None and "alice" not in text
+    assert "fine-tuned from a pretrained backbone from a local folder" in text
+    assert "| backbone | my-backbone |" in text
+
+
+@pytest.mark.parametrize(("name", "is_hub_id"), [
+    ("someone/bedrooms", True), ("beans", True), ("timm/tf_efficientnet_lite0.in1k", True),
+    ("/home/alice/bedrooms", False), ("./bedrooms", False), ("../data/bedrooms", False), ("~/bedrooms", False),
+    ("C:\\Users\\alice\\bedrooms", False), ("data\\bedrooms", False), ("data/photos/bedrooms", False),
+    ("bedrooms/", False),
+])
+def test_is_hub_repo_id_follows_the_hubs_repo_id_rules(name, is_hub_id):
+    assert reports.is_hub_repo_id(name) is is_hub_id
+
+
+def test_a_name_that_is_a_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("someone", "bedrooms").mkdir(parents=True)
+    assert not reports.is_hub_repo_id("someone/bedrooms")
+    assert reports.is_hub_repo_id("someone/bedrooms", check_local=False)
+
+
+@pytest.mark.parametrize(("text", "public"), [
+    ("--data_dir /home/alice/photos/bedrooms --output_dir runs/b", "--data_dir bedrooms --output_dir runs/b"),
+    ("--dataset=/home/alice/bedrooms/", "--dataset=bedrooms"),
+    ("--data_dir ~/photos/bedrooms", "--data_dir bedrooms"),
+    ("--data_dir C:\\Users\\alice\\bedrooms", "--data_dir bedrooms"),
+    ("Hub dataset /home/alice/bedrooms (column 'label')", "Hub dataset bedrooms (column 'label')"),
+    ("--data_dir ../shared/data/bedrooms", "--data_dir ../shared/data/bedrooms"),  # relative: kept
+    ("see https://huggingface.co/datasets/someone/x", "see https://huggingface.co/datasets/someone/x"),
+    ("train / validation, 3/4 of a/b", "train / validation, 3/4 of a/b"),
+])
+def test_without_machine_paths_cuts_absolute_and_home_paths_only(text, public):
+    assert reports.without_machine_paths(text) == public

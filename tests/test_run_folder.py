@@ -191,3 +191,24 @@ def test_staged_files_replace_the_folders_files_whole(tmp_path):
     move_into(staging, tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == b"new weights" and (tmp_path / "config.json").is_file()
     assert not staging.exists()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(tmp_path, resume):
+    (tmp_path / "out").mkdir()
+    for name in ("README.md", "config.json", "notes.txt", "photo.jpg"):
+        (tmp_path / "out" / name).write_text("mine")
+    record, args = run(tmp_path, "photos", ["a", "b"])
+    with pytest.raises(RunFolderError) as error:
+        plan_run(args, resume, record)
+    assert str(error.value) == (f"--output_dir {tmp_path / 'out'} holds files that are not a training run (README.md, "
+                                "config.json, notes.txt and 1 more); training would write its model and reports "
+                                "among them: choose a new or empty folder")
+    assert sorted(p.read_text() for p in (tmp_path / "out").iterdir()) == ["mine"] * 4
+
+
+def test_an_empty_folder_or_one_with_only_hidden_files_is_used(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".DS_Store").write_text("")
+    record, args = run(tmp_path, "photos", ["a", "b"])
+    assert plan_run(args, True, record) == RunPlan()

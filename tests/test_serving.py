@@ -42,6 +42,8 @@ from hf_model.serving import (
     open_photo,
     overlay_heatmap,
     percent,
+    shown_probability,
+    shown_scores,
 )
 
 LABELS = ["Modern", "Old"]
@@ -303,7 +305,21 @@ def test_low_top_score_is_called_unsure(lite_dir, coffee_calibration, unsure_bel
 
 
 def test_percentages_never_claim_certainty():
-    assert [percent(p) for p in (0.9996, 0.934, 0.0004)] == [">99%", "93%", "<1%"]
+    assert [percent(p) for p in (1.0, 0.9996, 0.996, 0.934, 0.004, 0.0004, 0.0)] == [
+        "99%", "99%", "99%", "93%", "1%", "1%", "1%"]
+
+
+def test_percentages_round_half_up_like_gradios_label():
+    # gr.Label prints Math.round(confidence * 100): halves go up, where Python's format would go to even
+    assert [percent(p) for p in (0.125, 0.135, 0.5, 0.985)] == ["13%", "14%", "50%", "99%"]
+    assert f"{0.125:.0%}" == "12%"
+
+
+def test_people_are_shown_probabilities_between_one_and_ninety_nine_percent_in_the_same_order():
+    scores = {"Old": 0.996, "Modern": 0.004}
+    assert shown_scores(scores) == {"Old": 0.99, "Modern": 0.01}
+    assert list(shown_scores({"c": 0.5, "a": 0.3, "b": 0.2})) == ["c", "a", "b"]
+    assert [shown_probability(p) for p in (1.0, 0.99, 0.42, 0.01, 0.0)] == [0.99, 0.99, 0.42, 0.01, 0.01]
 
 
 def test_calibration_travels_with_the_model_folder(tmp_path, lite_dir, coffee_calibration):
@@ -315,6 +331,21 @@ def test_calibration_travels_with_the_model_folder(tmp_path, lite_dir, coffee_ca
     loaded = Classifier.from_pretrained(str(model_dir)).calibration
     assert loaded.domain_threshold == coffee_calibration.domain_threshold
     assert loaded.profile == pytest.approx(coffee_calibration.profile)
+
+
+def test_a_calibration_json_written_before_the_intervals_still_loads(tmp_path, lite_dir):
+    model_dir = tmp_path / "model"
+    Classifier.from_pretrained(str(lite_dir)).model.save_pretrained(model_dir)
+    old_report = {"held_out": {"in_domain": {"photos": 834, "rejected": 0.054},
+                               "out_of_domain": {"photos": 75, "rejected": 0.8667}},
+                  "unsure": {"unsure_below": 0.6, "unsure_share": 0.31, "accuracy_when_sure": 0.84,
+                             "accuracy_when_unsure": 0.5}}
+    old = {"gate_backbone": "efficientnet-lite0", "profile": [0.001] * 1000, "domain_threshold": 0.0,
+           "unsure_below": 0.6, "report": old_report}
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(old))
+    classifier = Classifier.from_pretrained(str(model_dir))
+    assert classifier.calibration.report == old_report
+    assert classifier.predict(photo()).verdict in (SURE, UNSURE)
 
 
 # ---------------------------------------------------------------- calibration
@@ -353,12 +384,12 @@ def test_calibrate_writes_a_threshold_that_turns_away_other_photos(tmp_path, lit
     record = {"config": {"data_dir": str(tmp_path / "cups"), "split_fractions": [0.5, 0.25, 0.25]}}
     (model_dir / "hf_model_config.json").write_text(json.dumps(record))
 
-    report = calibrate(model_dir, [tmp_path / "other"])
+    report = calibrate(model_dir, [tmp_path / "other"], allow_small_samples=True)  # 5 validation photos, 12 others
 
     calibration = Calibration.load(model_dir)
     assert report["rejected"]["other_held_out"]["rejected"] == 1.0
     assert report["rejected"]["validation"]["rejected"] <= 0.05
-    assert report["held_out"]["out_of_domain"] == {"photos": 6, "rejected": 1.0}
+    assert report["held_out"]["out_of_domain"] == {"photos": 6, "rejected": 1.0, "rejected_ci95": [0.6097, 1.0]}
     cat_score = domain_scores(
         load_gate().imagenet_probabilities([Image.fromarray(skimage_data.chelsea())]), calibration.profile
     )[0]

@@ -5,19 +5,22 @@ from __future__ import annotations
 import base64
 import dataclasses
 import importlib.util
+import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import make_photo
 from gradio.route_utils import delete_files_created_by_app
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from hf_model.serving import Calibration, Classifier, open_photo
+from hf_model.serving import Calibration, Classifier, open_photo, shown_scores
 from hf_model.training import main as train
 
 APP_FILE = Path(__file__).resolve().parents[1] / "space" / "app.py"
@@ -116,7 +119,7 @@ def test_api_has_one_named_endpoint_per_task(client):
 
 def test_bedroom_endpoint_returns_both_styles_with_their_scores(client, models, photo):
     label, sentence, heatmap = client.predict(handle_file(photo), api_name="/predict_bedroom")
-    expected = models["bedroom"].classifier.predict(open_photo(photo), top_k=2).scores
+    expected = shown_scores(models["bedroom"].classifier.predict(open_photo(photo), top_k=2).scores)
     scores = confidences(label)
     assert list(scores) == list(expected) == [label["label"], *[k for k in expected if k != label["label"]]]
     assert set(scores) == {"Modern", "Old"}
@@ -128,7 +131,7 @@ def test_bedroom_endpoint_returns_both_styles_with_their_scores(client, models, 
 
 def test_bird_endpoint_returns_the_five_best_species(client, models, photo):
     label, sentence, _ = client.predict(handle_file(photo), api_name="/predict_bird")
-    expected = models["bird"].classifier.predict(open_photo(photo), top_k=5).scores
+    expected = shown_scores(models["bird"].classifier.predict(open_photo(photo), top_k=5).scores)
     scores = confidences(label)
     assert len(scores) == 5 and set(scores) <= set(BIRDS)
     assert list(scores) == list(expected)
@@ -273,3 +276,83 @@ def test_examples_come_from_the_examples_folder(examples_dir):
     assert len(photos) == 2 and all(Path(p).parent == examples_dir / "bedroom" for p in photos)
     assert app.example_photos(examples_dir, app.TASKS[1]) == []
     assert app.example_photos(None, app.TASKS[0]) == []
+
+
+# ---------------------------------------------------------------- the label and the sentence agree (issue 18, part 10)
+
+
+def fixed_probabilities(model_dir: Path, probabilities: list[float], subject: str) -> Classifier:
+    """The trained model with a head that gives ``probabilities`` (in label order) whatever the photo."""
+    classifier = Classifier.from_pretrained(str(model_dir), subject)
+    head = [m for m in classifier.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.log(torch.tensor(probabilities)))
+    return classifier
+
+
+def gradio_prints(confidence: float) -> str:
+    """The percentage gr.Label writes beside a class: ``Math.round(confidence * 100) + "%"`` in its Svelte template
+    (gradio/templates/frontend/assets/Index-*.js); Math.round rounds halves up."""
+    return f"{math.floor(confidence * 100 + 0.5)}%"
+
+
+def test_the_label_shows_the_same_percentages_as_the_sentence_never_a_flat_100_or_0(model_dirs, photo):
+    classifier = fixed_probabilities(model_dirs["bedroom"], [0.004, 0.996], "a bedroom")  # Modern, Old
+    label, sentence, _ = app.make_predict(app.TASKS[0], app.TaskModel(classifier, ""))({"path": str(photo)}, False)
+
+    assert list(label) == ["Old", "Modern"] and label == pytest.approx({"Old": 0.99, "Modern": 0.01})
+    shown = gr.Label(num_top_classes=2).postprocess(label)  # what the page's label component receives
+    assert shown.label == "Old"
+    assert [(c.label, gradio_prints(c.confidence)) for c in shown.confidences] == [("Old", "99%"), ("Modern", "1%")]
+    assert sentence == "The model is very sure this is Old (99%)."
+
+
+def test_the_label_keeps_the_top_five_in_order_when_several_show_as_one_percent(model_dirs, photo):
+    probabilities = [0.9951, 0.003, 0.0012, 0.0004, 0.0002, 0.0001]  # BIRDS in this order, best first
+    classifier = fixed_probabilities(model_dirs["bird"], probabilities, "a bird")
+    label, sentence, _ = app.make_predict(app.TASKS[1], app.TaskModel(classifier, ""))({"path": str(photo)}, False)
+
+    shown = gr.Label(num_top_classes=5).postprocess(label)
+    assert [c.label for c in shown.confidences] == BIRDS[:5]
+    assert [gradio_prints(c.confidence) for c in shown.confidences] == ["99%", "1%", "1%", "1%", "1%"]
+    assert sentence == f"The model is very sure this is {BIRDS[0]} (99%)."
+
+
+# ---------------------------------------------------------------- what the tab says about its gate (issue 18, part 7)
+
+
+def note_for(report: dict) -> str:
+    calibration = Calibration("efficientnet-lite0", [0.001] * 1000, 0.1, report=report)
+    return app.calibration_note(app.TASKS[0], app.TaskModel(SimpleNamespace(calibration=calibration), ""))
+
+
+HELD_OUT = {"in_domain": {"photos": 834, "rejected": 0.054, "rejected_ci95": [0.0404, 0.0718]},
+            "out_of_domain": {"photos": 75, "rejected": 0.8667, "rejected_ci95": [0.7717, 0.9259]}}
+
+
+def test_the_tab_gives_each_rate_of_its_gate_with_sample_size_and_interval():
+    sizes = {"validation": 700, "out_of_domain": 150, "required": {"validation": 30, "out_of_domain": 60},
+             "below_required": False}
+    assert note_for({"held_out": HELD_OUT, "sample_sizes": sizes}) == (
+        "Photos that do not look like a bedroom get “Not a bedroom”: on held-out photos, 87% [77-93%] of 75 other "
+        "photos and 5% [4-7%] of 834 photos like the training set (95% intervals in brackets).")
+
+
+def test_the_tab_says_when_its_gate_was_calibrated_on_too_few_photos():
+    held_out = {"in_domain": {"photos": 3, "rejected": 0.3333, "rejected_ci95": [0.0615, 0.7923]},
+                "out_of_domain": {"photos": 1, "rejected": 0.0, "rejected_ci95": [0.0, 0.7935]}}
+    sizes = {"validation": 3, "out_of_domain": 2, "required": {"validation": 30, "out_of_domain": 60},
+             "below_required": True}
+    assert note_for({"held_out": held_out, "sample_sizes": sizes}) == (
+        "Photos that do not look like a bedroom get “Not a bedroom”: on held-out photos, 0% [0-79%] of 1 other "
+        "photos and 33% [6-79%] of 3 photos like the training set (95% intervals in brackets). **Calibrated on few "
+        "photos** (3 like the training set and 2 others, where at least 30 and 60 are asked for): these rates are "
+        "rough.")
+
+
+def test_a_calibration_json_from_before_the_intervals_is_described_without_them():
+    old = {name: {"photos": entry["photos"], "rejected": entry["rejected"]} for name, entry in HELD_OUT.items()}
+    assert note_for({"held_out": old}) == (
+        "Photos that do not look like a bedroom get “Not a bedroom”: on held-out photos, 87% of 75 other photos "
+        "and 5% of 834 photos like the training set.")

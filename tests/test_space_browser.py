@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_photo
 from test_space import app  # space/app.py, loaded once
 
@@ -26,9 +27,14 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"{CHROMIUM} is a
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The app with a small bedroom model (a pretrained backbone, fresh head) and no bird model."""
+    """The app with a small bedroom model and no bird model: a pretrained backbone whose head says Modern 0.4%,
+    Old 99.6% for every photo (where gradio's own rounding would print 0% and 100%)."""
     model_dir = tmp_path_factory.mktemp("bedroom_model")
-    load_model(resolve_backbone("efficientnet-lite0"), ["Modern", "Old"], image_size=64).save_pretrained(model_dir)
+    model = load_model(resolve_backbone("efficientnet-lite0"), ["Modern", "Old"], image_size=64)
+    with torch.no_grad():
+        model.timm_model.classifier.weight.zero_()
+        model.timm_model.classifier.bias.copy_(torch.log(torch.tensor([0.004, 0.996])))
+    model.save_pretrained(model_dir)
     bird = app.TaskModel(None, "No bird species model in this test.")
     models = {"bedroom": app.load_task_model(app.TASKS[0], str(model_dir)), "bird": bird}
     demo = app.build_demo(models)
@@ -65,6 +71,18 @@ def test_uploaded_photo_gets_its_label_on_the_page(page, served, tmp_path):
     assert sentence.inner_text() == expected.message
     assert page.locator("#bedroom-heatmap img").count() == 1
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000
+
+
+def test_the_label_on_the_page_shows_the_percentages_of_the_sentence(page, tmp_path):
+    photo = make_photo(tmp_path / "bed.jpg", (120, 100, 80), size=120, seed=4)
+    page.set_input_files("#bedroom-photo input[type=file]", str(photo))
+    page.get_by_role("button", name="Classify").click()
+    page.locator("#bedroom-sentence").filter(has_text="sure this is Old").wait_for(timeout=30_000)
+
+    rows = page.locator("#bedroom-label dl")
+    assert [rows.nth(i).locator("dt").inner_text() for i in range(rows.count())] == ["Old", "Modern"]
+    assert [rows.nth(i).locator("dd").inner_text() for i in range(rows.count())] == ["99%", "1%"]
+    assert page.locator("#bedroom-sentence").inner_text() == "The model is very sure this is Old (99%)."
 
 
 def test_a_file_that_is_not_an_image_gets_a_message_not_a_traceback(page, tmp_path):

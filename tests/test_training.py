@@ -240,7 +240,7 @@ def test_broken_bedroom_photo_stops_training_naming_the_file(tmp_path):
         make_photo(root / f"bed_{i}.jpg", (200, 200, 200), seed=i)
     (root / "bed_5.jpg").write_bytes(b"\x89PNG truncated")
     (root / "labels.csv").write_text("file,label\n" + "".join(f"bed_{i}.jpg,{'MO'[i % 2]}\n" for i in range(1, 9)))
-    with pytest.raises(SystemExit, match=r"^error: .*bed_5.jpg: not a readable image"):
+    with pytest.raises(SystemExit, match=r"^python train.py: error: .*bed_5.jpg: not a readable image"):
         main(["--data_dir", str(root), "--output_dir", str(tmp_path / "o")])
 
 
@@ -347,4 +347,5 @@ def test_photos_that_cannot_be_trained_on_stop_with_one_line_not_a_traceback(tmp
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "stray.jpg" in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("python train.py: error: ") and "stray.jpg" in result.stderr
