@@ -98,24 +98,29 @@ def test_hf_model_with_no_command_prints_the_commands_and_exits_two(capsys):
     assert "exit status: 0 the command did its job" in " ".join(capsys.readouterr().out.split())
 
 
-def _train_py(*argv: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+def test_train_py_on_a_missing_folder_is_one_line_with_status_one(tmp_path, monkeypatch):
+    from hf_model.training import main as train
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train(["--data_dir", "no_such_photos", "--output_dir", "out"])
+    assert stop.value.code == "python train.py: error: data directory no_such_photos does not exist"
 
 
-def test_train_py_on_a_missing_folder_is_one_line_and_status_one_and_debug_shows_the_traceback(tmp_path):
-    quiet = _train_py("--data_dir", "no_such_photos", "--output_dir", "out", cwd=tmp_path)
-    assert quiet.returncode == 1
-    assert "Traceback" not in quiet.stderr
-    last_line = quiet.stderr.strip().splitlines()[-1]
-    assert last_line == "python train.py: error: data directory no_such_photos does not exist"
-    loud = _train_py("--data_dir", "no_such_photos", "--output_dir", "out", cwd=tmp_path, HF_MODEL_DEBUG="1")
-    assert loud.returncode == 1
-    assert "Traceback (most recent call last)" in loud.stderr and "FileNotFoundError" in loud.stderr
+def test_train_py_with_an_unknown_flag_is_a_usage_error_without_traceback(capsys):
+    from hf_model.training import main as train
+
+    with pytest.raises(SystemExit) as stop:
+        train(["--data_dir", "photos", "--no_such_flag"])
+    assert stop.value.code == 2
+    assert "--no_such_flag" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_train_py_with_an_unknown_flag_is_a_usage_error_without_traceback(tmp_path):
-    result = _train_py("--data_dir", "photos", "--no_such_flag", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "--no_such_flag" in result.stderr.strip().splitlines()[-1]
+def test_debug_shows_the_traceback_a_shell_sees_with_status_one(tmp_path):
+    # a real process: the status and stderr are what a shell script sees
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--data_dir", "no_such_photos", "--output_dir",
+                             "out", "--debug"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "FileNotFoundError: data directory no_such_photos does not exist"
