@@ -90,8 +90,17 @@ def not_a_model_reason(source: str, err: Exception) -> str:
     from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    from hf_model.config import RUN_CONFIG_FILE  # config.py imports this module
+
     cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if Path(source).is_dir():
+    folder = Path(source)
+    if folder.is_dir():
+        record = folder / RUN_CONFIG_FILE
+        if record.is_file() and json.loads(record.read_text() or "{}").get("finished") is False:
+            return (f"{source} holds a training run that did not finish (interrupted, or still running): rerun its "
+                    "training command to finish it, then use the folder")
+        if not (folder / "config.json").is_file():
+            return f"{source} is a folder, but not a model folder: it holds no config.json (train.py --output_dir does)"
         return f"{source} is a folder, but not a model folder (train.py --output_dir): {cause}"
     try:
         validate_repo_id(source)

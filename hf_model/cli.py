@@ -28,11 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    debug = argv[:1] == [DEBUG_FLAG]  # `hf-model --debug predict ...`: the command reads it among its own flags
+    if debug:
+        argv = argv[1:]
     if argv[:1] in (["--version"], ["-V"]):
         print(f"hf-model {__version__}")
         return
-    if argv[:1] == [DEBUG_FLAG]:  # `hf-model --debug predict ...`: the command reads it among its own flags
-        argv = [*argv[1:2], DEBUG_FLAG, *argv[2:]]
+    if debug and argv:
+        argv = [argv[0], DEBUG_FLAG, *argv[1:]]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]

@@ -240,6 +240,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
         error(str(err))
     if not cfg.data_dir and not cfg.dataset:
         parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
+    if cfg.data_dir and Path(args.output_dir).resolve().is_relative_to(Path(cfg.data_dir).resolve()):
+        parser.error(f"--output_dir {args.output_dir} is inside --data_dir {cfg.data_dir}: the run's plots would be "
+                     "read as photos (a class of their own) by the next run; choose a folder outside the photos")
     if cfg.cv_folds and args.push_to_hub:
         parser.error("--push_to_hub publishes one model, and --cv_folds trains one per fold: cross-validate "
                      "without --push_to_hub, then train the model to publish without --cv_folds")

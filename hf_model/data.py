@@ -157,6 +157,8 @@ def oversampled(dataset: Dataset, seed: int) -> Dataset:
 def detect_layout(data_dir: str | Path) -> str:
     """``bedrooms`` (bed_N.jpg + labels), ``birds`` (birds.csv) or ``imagefolder`` (class folders)."""
     root = Path(data_dir)
+    if root.is_file():
+        raise DataError(f"data directory {root} is a file: give the folder that holds the photos")
     if not root.is_dir():
         raise FileNotFoundError(f"data directory {root} does not exist")
     if (root / "birds.csv").is_file():
@@ -426,7 +428,13 @@ def _metadata_rows(path: Path, table: list[tuple[str, dict]], label_column: str)
         if not name or os.path.isabs(name) or relative == ".." or relative.startswith(".." + os.sep) or "://" in name:
             raise DataError(f"{where}: file_name {name!r} is not a path inside {folder}; give each photo's path "
                             f"relative to the folder of {path.name}")
-        label = _label_text(row.get(label_column))
+        value = row.get(label_column)
+        if isinstance(value, list | tuple | dict | np.ndarray) or (isinstance(value, float) and math.isfinite(value)
+                                                                    and not value.is_integer()):
+            raise DataError(f"{where}: {name} has the label {value!r} in column {label_column!r}, and a label here "
+                            "is one class name (or whole number) per photo: multi-label and numeric targets are not "
+                            "image classification")
+        label = _label_text(value)
         if not label:
             raise DataError(f"{where}: {name} has no label in column {label_column!r}; give every listed photo a "
                             "label, or remove its row")
@@ -541,6 +549,18 @@ def log_classes(source: str, labels: np.ndarray, class_names: Sequence[str]) -> 
         listed = (f"{counts.min()} to {counts.max()} photos a class (median {np.median(counts):g}); "
                   f"fewest: {fewest}")
     logger.info("%s: %d classes, %d photos: %s", source, len(class_names), counts.sum(), listed)
+    warn_near_identical_names(source, class_names)
+
+
+def warn_near_identical_names(source: str, class_names: Sequence[str]) -> None:
+    """Warn of class names that differ only in case or surrounding spaces (``Bath`` and ``bath``): most often one
+    class typed twice, and one folder on the case-insensitive disks of macOS and Windows."""
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        groups.setdefault(str(name).strip().casefold(), []).append(str(name))
+    for names in (names for names in groups.values() if len(names) > 1):
+        logger.warning("%s: the classes %s differ only in case or spaces and are trained as %d classes; if they are "
+                       "one class, give them one name", source, " and ".join(map(repr, names)), len(names))
 
 
 def _require_every_class(labels: np.ndarray, class_names: Sequence[str], source: str) -> None:

@@ -24,6 +24,7 @@ from typing import TypeVar
 FAILED, USAGE, INTERRUPTED = 1, 2, 130
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "HF_MODEL_DEBUG"
+FALSE_WORDS = ("", "0", "false", "no", "off", "n", "f")  # what environment switches conventionally read as off
 
 Main = TypeVar("Main", bound=Callable)
 
@@ -48,7 +49,7 @@ def exit_statuses(done: str, failed: str) -> str:
 def debug_requested(argv: list[str]) -> bool:
     """Whether ``--debug`` is among the options (before any ``--``) or ``HF_MODEL_DEBUG`` is set to a true value."""
     options = argv[:argv.index("--")] if "--" in argv else argv
-    return DEBUG_FLAG in options or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return DEBUG_FLAG in options or os.environ.get(DEBUG_ENV, "").strip().lower() not in FALSE_WORDS
 
 
 def without_debug_flag(argv: list[str]) -> list[str]:

@@ -38,8 +38,9 @@ from hf_model.atomic import write_json_atomic
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.images import list_images
-from hf_model.reports import is_hub_repo_id, without_machine_paths, write_run_card
+from hf_model.reports import LocalPaths, is_hub_repo_id, write_run_card
 from hf_model.run_folder import require_finished
+from hf_model.serving import CALIBRATION_FILE
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS
 
 logger = logging.getLogger(__name__)
@@ -53,10 +54,10 @@ CARDS_DIR = PROJECT_ROOT / "datasets_cards"
 MODEL_FILE_PATTERNS = (
     "config.json", "*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
     "README.md", "*_results.json", "hf_model_config.json", "*.png",
-    "calibration.json",  # the Space's out-of-domain threshold (hf-model calibrate)
+    CALIBRATION_FILE,  # the Space's out-of-domain threshold (hf-model calibrate)
 )
 # the files of a model repo hf-model writes itself (not transformers'), published without the machine's paths
-OWN_JSON_FILES = (RUN_CONFIG_FILE, "calibration.json", "*_results.json")
+OWN_JSON_FILES = (RUN_CONFIG_FILE, CALIBRATION_FILE, "*_results.json")
 PIPELINE_SNIPPET = re.compile(r'pipeline\("image-classification", model="[^"]*"\)')  # the card's usage line
 SPACE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".gradio", "flagged", ".pytest_cache", ".env")
 SPACE_ID_PLACEHOLDER = "hf-model-demo/photo-demo"  # the Space id in space/README.md's usage snippet
@@ -240,9 +241,10 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     Checks that the weights are safetensors, the config names the real classes and the image
     processor loads; keeps the model card and its plots (writing the card from the run record when
     the folder has none, or one that names local paths as Hub repos), its usage snippet pointed at
-    ``repo_id`` instead of the local folder. The card and the run record go without the machine's
-    absolute or home paths (cut to their last part). Refuses a folder whose run record says its
-    training did not finish (``run_folder.RunFolderError``).
+    ``repo_id`` instead of the local folder. The card and the JSON files hf-model wrote name each local
+    path the run record and calibration know (typed or resolved, relative or absolute), and every other
+    absolute or home path, by its last part only (:func:`published_paths`). Refuses a folder whose run
+    record says its training did not finish (``run_folder.RunFolderError``).
     """
     from transformers import AutoConfig, AutoImageProcessor
 
@@ -270,10 +272,14 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
         shutil.copyfile(path, target)  # copyfile, not copy2: the files get ordinary permissions
     if adapter_for(config).saves_processor and not (out / "preprocessor_config.json").is_file():
         processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
+    paths = published_paths(source)
     for path in (p for pattern in OWN_JSON_FILES for p in out.glob(pattern)):  # their machine paths stay home
         raw = json.loads(path.read_text())
-        if public_record(raw) != raw:
-            write_json_atomic(path, public_record(raw))
+        public = public_record(raw, paths)
+        if path.name == RUN_CONFIG_FILE and isinstance(raw.get("command"), str):
+            public["command"] = paths.cut_command(raw["command"])  # quoted again: it still runs
+        if public != raw:
+            write_json_atomic(path, public)
     card_path = out / "README.md"
     local = local_ids_in_card(ModelCard.load(card_path)) if card_path.is_file() else []
     if not card_path.is_file() or local:  # a folder not written by train.py, or by one that took paths for Hub ids
@@ -288,7 +294,7 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
     if repo_id:  # the card was written at training time, when the model lived in a local folder
         card.text = PIPELINE_SNIPPET.sub(f'pipeline("image-classification", model="{repo_id}")', card.text)
-    card.text = without_machine_paths(card.text)  # a hand-written card's too: the machine's folders stay home
+    card.text = paths.cut(card.text)  # a hand-written card's too: the machine's folders stay home
     card.save(card_path)
     return out
 
@@ -302,15 +308,23 @@ def local_ids_in_card(card: ModelCard) -> list[str]:
     return [name for name in ids if not is_hub_repo_id(name, check_local=False)]
 
 
-def public_record(value):
-    """A run record, calibration or results (as JSON) with every absolute or home path in it cut to its last
-    part (:func:`hf_model.reports.without_machine_paths`): a published repo never shows the machine's folders."""
+def published_paths(model_dir: Path) -> LocalPaths:
+    """The local paths a trained folder's files name: those of its run record (:meth:`LocalPaths.of_record`) and
+    the out-of-domain folders its ``calibration.json`` was fitted on."""
+    calibration = _read_json(model_dir / CALIBRATION_FILE).get("report") or {}
+    return LocalPaths.of_record(_read_json(model_dir / RUN_CONFIG_FILE),
+                                extra=calibration.get("out_of_domain_dirs") or [])
+
+
+def public_record(value, paths: LocalPaths):
+    """A run record, calibration or results (as JSON) with every string's paths cut to their last part
+    (:meth:`LocalPaths.cut`): a published repo never shows the machine's folders."""
     if isinstance(value, str):
-        return without_machine_paths(value)
+        return paths.cut(value)
     if isinstance(value, dict):
-        return {key: public_record(item) for key, item in value.items()}
+        return {key: public_record(item, paths) for key, item in value.items()}
     if isinstance(value, list):
-        return [public_record(item) for item in value]
+        return [public_record(item, paths) for item in value]
     return value
 
 

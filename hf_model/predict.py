@@ -23,7 +23,7 @@ from hf_model.atomic import atomic_write
 from hf_model.backbones import NotAModelError, load_image_processor, not_a_model_reason
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.flags import whole_number
-from hf_model.images import list_images, open_image, skipped_files
+from hf_model.images import IMAGE_SUFFIXES, list_images, open_image, skipped_files
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
 
 
@@ -92,6 +92,20 @@ def expand_paths(paths: list[str]) -> list[tuple[Path, str | None]]:
     return list(entries.values())
 
 
+def refuse_to_overwrite(output: Path, inputs: list[Path], model: str) -> None:
+    """Raise :class:`UserInputError` when the CSV ``output`` would replace a photo or a file of the model.
+
+    ``--output *.jpg`` (a forgotten file name that the shell filled in with a photo) or a path inside the
+    model folder would otherwise be overwritten without a word.
+    """
+    target = output.resolve()
+    if target in {path.resolve() for path in inputs} or output.suffix.lower() in IMAGE_SUFFIXES:
+        raise UserInputError(f"--output {output} is a photo (or would be one): give a new .csv file name; the CSV "
+                             "would replace the photo")
+    if Path(model).is_dir() and target.is_relative_to(Path(model).resolve()):
+        raise UserInputError(f"--output {output} is inside the model folder {model}: write the CSV elsewhere")
+
+
 def read_photo(path: Path) -> Image.Image:
     """A file decoded in full as upright 8-bit RGB (:func:`hf_model.transforms.to_rgb`).
 
@@ -158,7 +172,7 @@ def write_rows(out: IO[str], rows: Iterator[dict]) -> Counter:
             continue
         counts["labeled"] += 1
         best = row["predictions"][0]
-        top = "; ".join(f"{p['label']}={p['score']:.3f}" for p in row["predictions"])
+        top = "; ".join(f"{p['label']}={p['score']:.4f}" for p in row["predictions"])
         writer.writerow([row["file"], best["label"], f"{best['score']:.4f}", top, ""])
     return counts
 
@@ -199,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--output {args.output}: give a CSV file name in an existing folder")
     try:
         entries = expand_paths(args.paths)
-    except FileNotFoundError as err:
-        parser.error(f"{err}: check the paths of the photos or folders")
+    except FileNotFoundError as err:  # a path, not a flag: status 1 like every command's missing folder
+        raise UserInputError(f"{err}: check the paths of the photos or folders") from err
+    if args.output:
+        refuse_to_overwrite(Path(args.output), [file for file, _ in entries], args.model)
 
     model, transform = load_or_explain(args.model)
     top_k = min(args.top_k, model.config.num_labels)

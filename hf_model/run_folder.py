@@ -240,7 +240,8 @@ def _readable_json(path: Path) -> bool:
 def previous_run_leftovers(output_dir: Path) -> list[Path]:
     """What a previous run in ``output_dir`` left that would leak into a new one: checkpoints, results, staging."""
     stale = [*output_dir.glob("checkpoint-*"), output_dir / "stage1", *output_dir.glob("*results.json"),
-             output_dir / "log_history.json", output_dir / "calibration.json", output_dir / STAGING_DIR]
+             output_dir / "log_history.json", output_dir / "calibration.json", output_dir / STAGING_DIR,
+             *output_dir.glob("label_issues.*")]  # hf-model label-issues' csv and png judged the old model
     return [path for path in stale if path.exists()]
 
 

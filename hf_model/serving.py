@@ -187,17 +187,21 @@ class Classifier:
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     @classmethod
-    def from_pretrained(cls, source: str, subject: str = "the training photos") -> Classifier:
-        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present."""
+    def from_pretrained(cls, source: str, subject: str = "the training photos", *,
+                        warn_uncalibrated: bool = True) -> Classifier:
+        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present.
+
+        Without one it logs a warning (unless ``warn_uncalibrated`` is false: ``hf-model calibrate`` itself).
+        """
         from transformers import AutoModelForImageClassification
 
         model_dir = Path(source) if Path(source).is_dir() else _download(source)
         model = AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True)  # never a pickle
         calibration = Calibration.load(model_dir)
-        if calibration is None:
+        if calibration is None and warn_uncalibrated:
             logger.warning(
                 "%s has no %s: photos will not be checked for being out of domain "
-                "(run hf_model.calibration.calibrate on it)",
+                "(hf-model calibrate adds the check)",
                 source,
                 CALIBRATION_FILE,
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     cfg, args = parse_args(argv)
-    command_line = " ".join([program(), *argv])
+    command_line = shlex.join([*program().split(), *argv])  # quoted: a path with spaces reruns as typed
     if cfg.cv_folds:
         return cross_validate(train, cfg, args, command_line)
     return train(cfg, args, command_line)

@@ -31,6 +31,8 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from hf_model.backbones import not_a_model_reason
+from hf_model.exit_status import exit_statuses
 from hf_model.images import list_images
 from hf_model.serving import (
     OUT_OF_DOMAIN,
@@ -261,7 +263,10 @@ def start_trimming() -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog=exit_statuses("the server was stopped", "a model named with a flag does not load"),
+    )
     for task in TASKS:
         parser.add_argument(
             f"--{task.flag}",
@@ -289,10 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     for task in TASKS:
         try:
             models[task.key] = load_task_model(task, getattr(args, task.flag))
-        except Exception as err:
+        except Exception as err:  # the model the user named: why it does not load, in one line
             raise SystemExit(
-                f"could not load the {task.title.lower()} model {getattr(args, task.flag)!r}: {err}"
-            ) from err
+                f"space/app.py: error: could not load the {task.title.lower()} model: "
+                f"{not_a_model_reason(getattr(args, task.flag), err)}"
+            ) from None
     demo = build_demo(models, args.examples_dir)
     launch(demo, server_name=args.server_name, server_port=args.server_port)
 

@@ -98,3 +98,16 @@ def test_a_backbone_that_does_not_load_is_a_user_error_saying_why(name, reason):
         default_image_size(name)
     assert str(err.value) == reason
     assert isinstance(err.value, UserInputError)
+
+
+def test_an_unfinished_run_folder_is_named_as_such_not_as_a_non_model(tmp_path):
+    from hf_model.backbones import NotAModelError, load_config
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "hf_model_config.json").write_text('{"finished": false}')
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(NotAModelError, match=r"run holds a training run that did not finish \(interrupted, or still "
+                                             r"running\): rerun its training command to finish it"):
+        load_config(str(tmp_path / "run"))
+    with pytest.raises(NotAModelError, match=r"photos is a folder, but not a model folder: it holds no config.json"):
+        load_config(str(tmp_path / "photos"))

@@ -57,3 +57,9 @@ def test_train_py_version_prints_the_package_version_and_exits_zero(capsys):
         parse_args(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"hf-model {version('hf-model')}"
+
+
+@pytest.mark.parametrize("argv", [["--debug", "--version"], ["--debug", "-V"]])
+def test_debug_before_version_still_prints_the_version(argv, capsys):
+    main(argv)
+    assert capsys.readouterr().out.startswith("hf-model ")

@@ -206,3 +206,12 @@ def test_a_usage_error_shows_a_short_usage_line_not_every_flag(capsys):
     assert lines == ["usage: python train.py --data_dir DIR | --dataset ID --output_dir DIR [options]   "
                      "(--help lists every option)",
                      "python train.py: error: --learning_rate must be above 0"]
+
+
+@pytest.mark.parametrize("output_dir", ["photos/run", "photos"])
+def test_an_output_dir_inside_the_data_dir_is_refused(tmp_path, capsys, output_dir):
+    (tmp_path / "photos").mkdir()
+    lines = _usage_error(["--data_dir", str(tmp_path / "photos"), "--output_dir", str(tmp_path / output_dir)], capsys)
+    assert lines[-1].endswith(f"--output_dir {tmp_path / output_dir} is inside --data_dir {tmp_path / 'photos'}: the "
+                              "run's plots would be read as photos (a class of their own) by the next run; choose a "
+                              "folder outside the photos")

@@ -668,3 +668,28 @@ def test_a_local_folder_given_as_dataset_is_named_as_a_folder_not_a_hub_dataset(
     make_class_folders(tmp_path / "photos")
     data = build_dataset(dataset_name=str(tmp_path / "photos"))
     assert data.label_source == "the dataset folder photos/ (column 'label')"
+
+
+@pytest.mark.parametrize("label", [["cat"], {"name": "cat"}, 0.5])
+def test_a_metadata_label_that_is_a_list_or_a_fraction_is_refused_naming_the_line(tmp_path, label):
+    root = tmp_path / "photos"
+    rows = make_listed_photos(root)
+    rows[1]["label"] = label
+    write_metadata(root / "metadata.jsonl", rows)
+    with pytest.raises(DataError, match=r"metadata.jsonl:2: .* has the label .* a label here is one class name"):
+        build_dataset(str(root))
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path):
+    make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    with pytest.raises(DataError, match=r"photo.jpg is a file: give the folder that holds the photos"):
+        build_dataset(str(tmp_path / "photo.jpg"))
+
+
+def test_class_names_differing_only_in_case_are_warned_of(tmp_path, caplog):
+    for c, name in enumerate(("Bath", "bath", "kitchen")):
+        for i in range(6):
+            make_photo(tmp_path / "photos" / name / f"{i}.jpg", (30, 80 * c, 200), seed=100 * c + i)
+    with caplog.at_level(logging.WARNING, logger="hf_model.data"):
+        build_dataset(str(tmp_path / "photos"))
+    assert "the classes 'Bath' and 'bath' differ only in case or spaces and are trained as 2 classes" in caplog.text

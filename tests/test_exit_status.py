@@ -124,3 +124,10 @@ def test_debug_shows_the_traceback_a_shell_sees_with_status_one(tmp_path):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "FileNotFoundError: data directory no_such_photos does not exist"
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "no", "false"])
+def test_hf_model_debug_off_words_mean_off(monkeypatch, value):
+    monkeypatch.setenv("HF_MODEL_DEBUG", value)
+    with pytest.raises(SystemExit):
+        demo(["user"])

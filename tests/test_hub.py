@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -481,8 +482,8 @@ def test_published_record_and_calibration_keep_no_machine_paths_and_still_load(t
 
     source = tmp_path / "run"
     shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*"))
-    (source / "calibration.json").write_text(json.dumps({"threshold": 0.6, "out_of_domain_dirs": [
-        "/home/alice/photos/not_rooms", "../shared/data/rooms_other"]}))
+    (source / "calibration.json").write_text(json.dumps({"threshold": 0.6, "report": {"out_of_domain_dirs": [
+        "/home/alice/photos/not_rooms", "../alice/rooms_other"]}}))  # calibrate records the folders as typed
     assert str(trained_dir) in (source / "hf_model_config.json").read_text()  # output_dir, as trained
     out = hub.build_model_repo(source, tmp_path / "repo", "alice/bedroom-style")
 
@@ -491,7 +492,7 @@ def test_published_record_and_calibration_keep_no_machine_paths_and_still_load(t
     assert record.training_args.output_dir == "bedrooms"  # cut to its last folder
     assert record.config.data_dir == "bedrooms" and record.split_sizes == {"train": 289, "validation": 58, "test": 39}
     assert json.loads((out / "calibration.json").read_text()) == {
-        "threshold": 0.6, "out_of_domain_dirs": ["not_rooms", "../shared/data/rooms_other"]}
+        "threshold": 0.6, "report": {"out_of_domain_dirs": ["not_rooms", "rooms_other"]}}
     assert (out / "all_results.json").read_text() == (source / "all_results.json").read_text()  # nothing to cut
 
 
@@ -521,6 +522,55 @@ def test_a_hand_written_card_is_published_without_absolute_paths(trained_dir, tm
 
     text = ModelCard.load(out / "README.md").text
     assert "Photos from rooms, trained with `--data_dir rooms`; see ../notes.md." in text
+
+
+@pytest.mark.parametrize(("flag", "typed", "name"), [
+    ("--data_dir", "{tmp}/x/Alice Smith/Client Photos", "Client Photos"),  # absolute, with spaces
+    ("--data_dir", "../x/alice/photos", "photos"),  # relative
+    ("--dataset", "alice/photos", "photos"),  # a local folder given relatively, shaped like a Hub id
+], ids=["absolute-with-spaces", "relative", "relative-dataset-folder"])
+def test_published_repo_names_the_runs_paths_by_their_last_part(trained_dir, tmp_path, monkeypatch, flag, typed,
+                                                                 name):
+    from hf_model.config import load_run_config
+
+    typed = typed.format(tmp=tmp_path)
+    (tmp_path / "x" / "Alice Smith" / "Client Photos").mkdir(parents=True)
+    (tmp_path / "x" / "alice" / "photos").mkdir(parents=True)
+    (tmp_path / "work" / "alice" / "photos").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    source = tmp_path / "runs" / "alice" / "bedrooms"
+    shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*", "README.md"))
+    argv = [flag, typed, "--output_dir", "../runs/alice/bedrooms"]
+    label_source = (f"folder names under {typed}" if flag == "--data_dir"  # as hf_model.data words them
+                    else f"the dataset folder {name}/ (column 'label')")
+    cfg, args = parse_args(argv)
+    RunRecord(cfg, args, shlex.join(["hf-model", "train", *argv]), None, 224, label_source, {"train": 20, "test": 4},
+              LABELS).save(source)
+    out = hub.build_model_repo(source, tmp_path / "repo", "someone/bedrooms")
+
+    published = json.loads((out / "hf_model_config.json").read_text())
+    public_label_source = label_source.replace(typed, name)
+    assert published["command"] == f"hf-model train {flag} {shlex.quote(name)} --output_dir bedrooms"
+    assert published["label_source"] == public_label_source
+    assert published["config"][flag[2:]] == name and published["training_args"]["output_dir"] == "bedrooms"
+    card = (out / "README.md").read_text()
+    assert f"```bash\nhf-model train {flag} {shlex.quote(name)} --output_dir bedrooms\n```" in card
+    assert f"Labels: {public_label_source}." in card and f"on a local folder of photos (`{name}/`" in card
+    assert [word for word in ("Alice", "alice", "/tmp", "..") if word in card + json.dumps(published)] == []
+    assert getattr(load_run_config(out).config, flag[2:]) == name  # the published record still loads
+
+
+def test_a_card_cut_at_a_space_by_an_earlier_version_is_published_by_the_last_part(trained_dir, tmp_path):
+    photos = tmp_path / "Alice Smith" / "Client Photos"
+    photos.mkdir(parents=True)
+    source = tmp_path / "run"
+    shutil.copytree(trained_dir, source, ignore=shutil.ignore_patterns("checkpoint-*"))
+    cfg, args = parse_args(["--data_dir", str(photos), "--output_dir", str(source)])
+    RunRecord(cfg, args, f"hf-model train --data_dir {photos}", None, 224, f"folder names under {photos}").save(source)
+    (source / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Rooms\n\n"  # the earlier card's lines
+                                      "Labels: folder names under Alice Smith/Client Photos.\n")
+    out = hub.build_model_repo(source, tmp_path / "repo", "someone/bedrooms")
+    assert ModelCard.load(out / "README.md").text.strip() == "# Rooms\n\nLabels: folder names under Client Photos."
 
 
 def test_space_card_refuses_local_paths_as_dataset_or_model_ids(space_dir, tmp_path):

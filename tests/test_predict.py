@@ -108,9 +108,25 @@ def test_a_missing_path_is_a_clear_error(model_dir, tmp_path, capsys):
     missing = tmp_path / "no_such_photo.jpg"
     with pytest.raises(SystemExit) as stop:
         main([str(model_dir), str(missing), "--output", str(tmp_path / "out.csv")])
-    assert stop.value.code == 2
-    assert re.search(re.escape(str(missing)) + ".*does not exist", capsys.readouterr().err)
+    # a missing path is the user's input, not a bad flag: status 1 (a string code), like every command's
+    assert stop.value.code == (f"hf-model predict: error: {missing} does not exist: check the paths of the photos "
+                               "or folders")
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("output", ["photos/0.jpg", "photos/new.png", "model/predictions.csv"])
+def test_an_output_that_would_replace_a_photo_or_a_model_file_is_refused(model_dir, tmp_path, monkeypatch, output):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(model_dir, tmp_path / "model")
+    make_photo(tmp_path / "photos" / "0.jpg", (90, 160, 90))
+    before = (tmp_path / "photos" / "0.jpg").read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        main(["model", "photos", "--output", output])
+    assert stop.value.code.startswith(f"hf-model predict: error: --output {output} is ")
+    assert (tmp_path / "photos" / "0.jpg").read_bytes() == before
+    assert not (tmp_path / output).exists() or output == "photos/0.jpg"
 
 
 # ---------------------------------------------------------------- files that are not labeled (issue 12, failure 8)
@@ -181,7 +197,7 @@ def test_top_k_above_the_number_of_classes_lists_them_all_with_a_note(model_dir,
 @pytest.mark.parametrize(("where", "reason"), [
     ("runs/nope", "runs/nope is neither a model folder nor a Hub id (and the Hub is offline: HF_HUB_OFFLINE=1)"),
     ("{tmp}/runs/nope", "{tmp}/runs/nope: no such model folder (and, as a path, it cannot be a Hub id)"),
-    ("empty_folder", "empty_folder is a folder, but not a model folder (train.py --output_dir): "),
+    ("empty_folder", "empty_folder is a folder, but not a model folder: it holds no config.json"),
 ])
 def test_a_path_that_is_not_a_model_is_one_line_saying_why_not_a_traceback(tmp_path, monkeypatch, where, reason):
     monkeypatch.chdir(tmp_path)

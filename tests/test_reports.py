@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +195,8 @@ def test_card_text_has_usage_results_command_plots_and_limits(tmp_path):
     text = (tmp_path / "README.md").read_text()
     assert text == str(card)
     assert 'pipeline("image-classification", model="someone/bedrooms")' in text
-    assert f"```bash\n{COMMAND}\n```" in text
+    assert ("Trained with this command (local paths cut to their last folder):\n\n```bash\n"  # of COMMAND
+            "python train.py --preset bedrooms --data_dir bedrooms --output_dir bedrooms\n```") in text
     assert "| Modern | 0.733 | 0.733 | 0.733 | 15 |" in text
     assert "| learning_rate | 0.0003 |" in text
     assert "](learning_curves.png)" in text and "](confusion_matrix.png)" in text
@@ -395,7 +397,7 @@ def test_a_data_dir_run_card_shows_no_absolute_path(tmp_path):
     text = (run / "README.md").read_text()
 
     assert str(tmp_path) not in text and "alice" not in text
-    assert ("Trained with this command (absolute paths cut to their last folder):\n\n```bash\nhf-model train "
+    assert ("Trained with this command (local paths cut to their last folder):\n\n```bash\nhf-model train "
             "--data_dir bedrooms --labels_file=labels.csv --output_dir run\n```") in text
     assert "Labels: labels.csv (labels by file name)." in text
     assert "| labels_file |" not in text and "| seed |" in text  # the data's files are not hyperparameters
@@ -444,3 +446,80 @@ def test_a_name_that_is_a_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
 ])
 def test_without_machine_paths_cuts_absolute_and_home_paths_only(text, public):
     assert reports.without_machine_paths(text) == public
+
+
+# ---------------------------------------------------------------- the paths a run names, published by their last part
+
+def published_card(argv: list[str], label_source: str, join=shlex.join) -> str:
+    """The card of a run trained with ``argv`` (run from the current folder), as publishing writes it from the record.
+
+    ``join`` makes the recorded command: ``shlex.join`` as training records it, or ``" ".join`` as older records did.
+    """
+    from hf_model.config import RunRecord, load_run_config, parse_args
+
+    cfg, args = parse_args(argv)
+    RunRecord(cfg, args, join(["hf-model", "train", *argv]), None, 224, label_source, SPLITS,
+              ["Modern", "Old"]).save(args.output_dir)
+    reports.write_run_card(args.output_dir, load_run_config(args.output_dir), METRICS, ["Modern", "Old"],
+                           model_id="someone/bedrooms")
+    return (Path(args.output_dir) / "README.md").read_text()
+
+
+def assert_published_by_last_part(text: str, command: str, labels: str, folder: str, hidden=("Alice", "alice", "/tmp")):
+    assert f"Trained with this command (local paths cut to their last folder):\n\n```bash\n{command}\n```" in text
+    assert f"Labels: {labels}." in text
+    assert f"- **Label noise.** Labels come from {labels}. Wrong" in text
+    assert f"on a local folder of photos (`{folder}/`, 386 labeled photos)" in text
+    assert [word for word in hidden if word in text] == []
+
+
+@pytest.mark.parametrize("join", [shlex.join, " ".join], ids=["quoted", "older-record-unquoted"])
+def test_an_absolute_data_dir_with_spaces_is_published_by_its_last_part(tmp_path, join):
+    photos = tmp_path / "x" / "Alice Smith" / "Client Photos"
+    photos.mkdir(parents=True)
+    text = published_card(["--data_dir", str(photos), "--output_dir", str(tmp_path / "run")],
+                          f"folder names under {photos}", join)
+    assert_published_by_last_part(text, "hf-model train --data_dir 'Client Photos' --output_dir run",
+                                  "folder names under Client Photos", "Client Photos")
+
+
+def test_a_relative_data_dir_is_published_by_its_last_part(tmp_path, monkeypatch):
+    (tmp_path / "x" / "alice" / "photos").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    text = published_card(["--data_dir", "../x/alice/photos", "--output_dir", "../runs/alice/bedrooms"],
+                          "folder names under ../x/alice/photos")
+    assert_published_by_last_part(text, "hf-model train --data_dir photos --output_dir bedrooms",
+                                  "folder names under photos", "photos", hidden=("Alice", "alice", "/tmp", ".."))
+
+
+def test_a_local_dataset_folder_given_relatively_is_published_by_its_last_part(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("alice", "photos").mkdir(parents=True)  # --dataset alice/photos: a folder here, though shaped like a Hub id
+    text = published_card(["--dataset", "alice/photos", "--output_dir", "run"],
+                          "the dataset folder photos/ (column 'label')")
+    assert_published_by_last_part(text, "hf-model train --dataset photos --output_dir run",
+                                  "the dataset folder photos/ (column 'label')", "photos")
+    assert "datasets:" not in text
+
+
+def test_hub_ids_stay_in_the_published_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", "someone/bedrooms", "--backbone", "timm/tf_efficientnet_lite0.in1k", "--output_dir", "run"]
+    text = published_card(argv, "Hub dataset someone/bedrooms (column 'label')")
+    assert ("Trained with this exact command:\n\n```bash\nhf-model train --dataset someone/bedrooms --backbone "
+            "timm/tf_efficientnet_lite0.in1k --output_dir run\n```") in text
+    assert "Labels: Hub dataset someone/bedrooms (column 'label')." in text
+
+
+@pytest.mark.parametrize(("command", "public"), [
+    ("train --data_dir '/h/Alice Smith/My Photos/' --output_dir=/h/b", "train --data_dir 'My Photos' --output_dir=b"),
+    ("train --data-dir=/h/Alice Smith/My Photos --output_dir /h/b", "train '--data-dir=My Photos' --output_dir b"),
+    ("train --data_dir /h/Alice's photos --output_dir /h/b", "train --data_dir 'Alice'\"'\"'s photos' --output_dir b"),
+    ("train --data_dir ../Alice Smith/My Photos --output_dir b --labels_file /h/other/labels.csv",
+     "train --data_dir 'My Photos' --output_dir b --labels_file labels.csv"),  # labels_file: the regex fallback
+])
+def test_a_recorded_command_is_cut_path_by_path_and_stays_runnable(command, public):
+    data_dir = "/h/Alice's photos" if "Alice's" in command else "/h/Alice Smith/My Photos"
+    record = {"command": command, "config": {"data_dir": data_dir}, "training_args": {"output_dir": "/h/b"}}
+    assert reports.LocalPaths.of_record(record).cut_command(command) == public

@@ -212,3 +212,13 @@ def test_an_empty_folder_or_one_with_only_hidden_files_is_used(tmp_path):
     (tmp_path / "out" / ".DS_Store").write_text("")
     record, args = run(tmp_path, "photos", ["a", "b"])
     assert plan_run(args, True, record) == RunPlan()
+
+
+def test_starting_over_removes_the_old_models_label_issues(tmp_path):
+    old, _ = run(tmp_path, "a", ["x", "y"], finished=True)
+    old.save(tmp_path / "out")
+    for name in ("label_issues.csv", "label_issues.png"):
+        (tmp_path / "out" / name).write_text("judged the old model")
+    new, args = run(tmp_path, "b", ["p", "q"])
+    assert plan_run(args, False, new) == RunPlan()
+    assert not list((tmp_path / "out").glob("label_issues.*"))

@@ -356,3 +356,14 @@ def test_a_calibration_json_from_before_the_intervals_is_described_without_them(
     assert note_for({"held_out": old}) == (
         "Photos that do not look like a bedroom get “Not a bedroom”: on held-out photos, 87% of 75 other photos "
         "and 5% of 834 photos like the training set.")
+
+
+def test_a_model_flag_that_does_not_load_stops_the_app_in_one_line_saying_why(tmp_path, monkeypatch):
+    app = load_app()
+    monkeypatch.setattr(app, "configure_serving", lambda: None)
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--bedroom_model", str(tmp_path / "photos")])
+    assert stop.value.code == (f"space/app.py: error: could not load the bedroom style model: {tmp_path / 'photos'} "
+                               "is a folder, but not a model folder: it holds no config.json (train.py --output_dir "
+                               "does)")
