@@ -38,7 +38,8 @@ from hf_model.atomic import write_json_atomic
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.images import list_images
-from hf_model.reports import LocalPaths, is_hub_repo_id, write_run_card
+from hf_model.public_paths import LocalPaths, is_hub_repo_id
+from hf_model.reports import write_run_card
 from hf_model.run_folder import require_finished
 from hf_model.serving import CALIBRATION_FILE
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS

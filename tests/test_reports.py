@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from hf_model import reports
+from hf_model import public_paths, reports
 
 # Two stages: stage 1 ran epochs 1-2, stage 2 (its own Trainer, epochs offset by 2) ran epochs 3-4.
 LOG_HISTORY = [
@@ -424,14 +424,14 @@ def test_a_local_backbone_folder_is_no_base_model(tmp_path):
     ("bedrooms/", False),
 ])
 def test_is_hub_repo_id_follows_the_hubs_repo_id_rules(name, is_hub_id):
-    assert reports.is_hub_repo_id(name) is is_hub_id
+    assert public_paths.is_hub_repo_id(name) is is_hub_id
 
 
 def test_a_name_that_is_a_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("someone", "bedrooms").mkdir(parents=True)
-    assert not reports.is_hub_repo_id("someone/bedrooms")
-    assert reports.is_hub_repo_id("someone/bedrooms", check_local=False)
+    assert not public_paths.is_hub_repo_id("someone/bedrooms")
+    assert public_paths.is_hub_repo_id("someone/bedrooms", check_local=False)
 
 
 @pytest.mark.parametrize(("text", "public"), [
@@ -445,7 +445,7 @@ def test_a_name_that_is_a_local_folder_is_not_a_hub_id(tmp_path, monkeypatch):
     ("train / validation, 3/4 of a/b", "train / validation, 3/4 of a/b"),
 ])
 def test_without_machine_paths_cuts_absolute_and_home_paths_only(text, public):
-    assert reports.without_machine_paths(text) == public
+    assert public_paths.without_machine_paths(text) == public
 
 
 # ---------------------------------------------------------------- the paths a run names, published by their last part
@@ -522,4 +522,4 @@ def test_hub_ids_stay_in_the_published_command(tmp_path, monkeypatch):
 def test_a_recorded_command_is_cut_path_by_path_and_stays_runnable(command, public):
     data_dir = "/h/Alice's photos" if "Alice's" in command else "/h/Alice Smith/My Photos"
     record = {"command": command, "config": {"data_dir": data_dir}, "training_args": {"output_dir": "/h/b"}}
-    assert reports.LocalPaths.of_record(record).cut_command(command) == public
+    assert public_paths.LocalPaths.of_record(record).cut_command(command) == public
