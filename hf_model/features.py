@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_model.adapters import adapter_for
+from hf_model.atomic import atomic_write
 
 
 class HeadModel(nn.Module):
@@ -91,8 +92,9 @@ def extract_features(
                     model(pixel_values=batch)
                     per_view.append(captured[0].float().flatten(1).cpu())
                 stacked = torch.stack(per_view, dim=1).numpy()  # (batch, views, dim)
-                for i, features in zip(ids, stacked):
-                    np.save(cache_dir / f"{digests[i]}.npy", features.astype(np.float16))
+                for i, features in zip(ids, stacked):  # renamed into place: a reader never sees half a file
+                    with atomic_write(cache_dir / f"{digests[i]}.npy", "wb") as f:
+                        np.save(f, features.astype(np.float16))
         finally:
             hook.remove()
     return np.stack([np.load(cache_dir / f"{d}.npy").astype(np.float32) for d in digests])

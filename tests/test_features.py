@@ -31,6 +31,27 @@ def test_features_are_cached_per_photo_and_reused(photos, tiny_convnext, tmp_pat
     assert not np.allclose(first[:, 0], first[:, 1], atol=1e-3)  # the augmented view differs from the plain one
 
 
+def test_a_write_killed_midway_leaves_no_cache_file_a_reader_could_load(photos, tiny_convnext, tmp_path,
+                                                                         monkeypatch):
+    model = load_model(tiny_convnext, ["x", "y"])
+    views = [build_eval_transform(load_image_processor(tiny_convnext, model.config, 32))]
+    real_save, saved = np.save, []
+
+    def killed_on_the_third(file, array):
+        if len(saved) == 2:
+            file.write(b"\x93NUMPY half a header")  # what a kill leaves in a file written in place
+            raise KeyboardInterrupt
+        saved.append(1)
+        real_save(file, array)
+
+    monkeypatch.setattr(np, "save", killed_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(model, photos, views, tmp_path / "cache")
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 2 and all(name.endswith(".npy") for name in files)  # no half file, no temporary left
+    assert all(np.load(tmp_path / "cache" / name).shape == (1, 16) for name in files)
+
+
 def test_features_dataset_spreads_views_into_rows():
     features = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     train = features_dataset(features, [0, 1], all_views=True)
