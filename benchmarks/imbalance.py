@@ -49,8 +49,9 @@ def main() -> None:
             train_head(variant, args, setup, train_split, data["validation"], cross_entropy_loss(weights))
             test = extract_features(setup.model, data["test"], [setup.eval_transform],
                                     Path(default_cache_dir()) / "features" / setup.feature_key / "eval")[:, 0]
-            with torch.no_grad():
-                logits = adapter_for(setup.model).classifier(setup.model)(torch.from_numpy(test)).numpy()
+            head = adapter_for(setup.model).classifier(setup.model)
+            with torch.no_grad():  # Trainer left the head on the GPU when there is one
+                logits = head(torch.from_numpy(test).to(head.weight.device)).float().cpu().numpy()
             scores[name].append(ClassificationMetrics(keep_in_memory=True).compute(
                 predictions=softmax(logits), references=data["test"]["label"], label_names=labels, detailed=True))
     results = {}
