@@ -44,7 +44,8 @@ def cross_validate(run: RunFn, cfg: TrainConfig, args: TrainingArguments, comman
     """``cfg.cv_folds`` runs, fold ``i`` in ``output_dir/fold-i``; returns the metrics' mean ± std over folds.
 
     Each fold is a run of its own: rerunning an interrupted cross-validation resumes its unfinished
-    fold and reports the finished ones without training them again.
+    fold and reports the finished ones without training them again. Only the main process
+    (``args.should_save``) writes ``cv_results.json`` and prints the summary.
     """
     root = Path(args.output_dir)
     per_fold = []
@@ -53,6 +54,8 @@ def cross_validate(run: RunFn, cfg: TrainConfig, args: TrainingArguments, comman
         fold_args = dataclasses.replace(args, output_dir=str(root / f"fold-{fold}"), push_to_hub=False)
         per_fold.append(run(dataclasses.replace(cfg, cv_folds=0), fold_args, command, (fold, cfg.cv_folds)))
     summary = summarize_folds(per_fold)
+    if not args.should_save:  # another rank of a distributed run: the main process writes and reports
+        return summary
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / CV_RESULTS_JSON, {"command": command, "folds": cfg.cv_folds, **summary})
     acc, f1 = summary["accuracy"], summary["f1_macro"]

@@ -120,6 +120,20 @@ def test_cross_validation_runs_every_fold_into_its_own_folder_and_averages(tmp_p
     assert saved["folds"] == 3 and saved["f1_macro"]["mean"] == pytest.approx(0.375)
 
 
+def test_only_the_main_process_writes_and_prints_the_cross_validation_summary(tmp_path, monkeypatch, capsys):
+    from transformers import TrainingArguments
+
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path / "cv"), "--cv_folds", "2"])
+    monkeypatch.setattr(TrainingArguments, "should_save", property(lambda self: False))  # rank 1 of a torchrun job
+
+    def run(fold_cfg, fold_args, command, cv_fold):
+        return {"test_accuracy": 0.5, "test_f1_macro": 0.5, "test_samples": 2}
+
+    summary = cross_validate(run, cfg, args, "python train.py ...")
+    assert summary["accuracy"]["mean"] == pytest.approx(0.5)  # every rank still gets the figures
+    assert not (tmp_path / "cv" / "cv_results.json").exists() and capsys.readouterr().out == ""
+
+
 def test_rerunning_an_interrupted_cross_validation_trains_only_its_unfinished_folds(image_folder, tiny_convnext,
                                                                                    tmp_path, monkeypatch, capsys):
     import hf_model.training as training
