@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -166,8 +167,18 @@ BASE_DEFAULTS: dict = {
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
     "disable_tqdm": False,
-    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning only helps copies to a GPU (and warns without)
 }
+DATALOADER_WORKERS_ON_GPU = 4  # per rank: decoding and augmenting photos must keep up with the GPU
+
+
+def hardware_defaults() -> dict:
+    """TrainingArguments defaults that depend on the machine: on a GPU, pinned memory and ``DATALOADER_WORKERS_ON_GPU``
+    persistent workers per rank (capped by the CPUs); on a CPU, loading in the training process, which the cores
+    are busy with anyway."""
+    if not torch.cuda.is_available():
+        return {"dataloader_pin_memory": False, "dataloader_num_workers": 0, "dataloader_persistent_workers": False}
+    workers = min(DATALOADER_WORKERS_ON_GPU, max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())))
+    return {"dataloader_pin_memory": True, "dataloader_num_workers": workers, "dataloader_persistent_workers": True}
 
 # Presets are data: overrides of TrainConfig and TrainingArguments defaults.
 PRESETS: dict[str, dict] = {
@@ -214,7 +225,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     parser.format_usage = lambda: (f"usage: {parser.prog} --data_dir DIR | --dataset ID --output_dir DIR [options]"
                                    "   (--help lists every option)\n")
     parser.add_argument("--version", action="version", version=f"hf-model {__version__}")
-    parser.set_defaults(**BASE_DEFAULTS)
+    parser.set_defaults(**BASE_DEFAULTS, **hardware_defaults())
     preset, _ = parser.parse_known_args(argv)
     settings = dict.fromkeys(BASE_DEFAULTS, f"{parser.prog}'s defaults")  # flag -> where its value came from
     if preset.preset:

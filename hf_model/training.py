@@ -421,7 +421,7 @@ def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, tra
         head = HeadModel(copy.deepcopy(classifier), cfg.head_dropout)
         head.classifier.requires_grad_(True)
         stage_args = dataclasses.replace(stage_args, per_device_train_batch_size=max(
-            64, args.per_device_train_batch_size), dataloader_num_workers=0)
+            64, args.per_device_train_batch_size), dataloader_num_workers=0, dataloader_persistent_workers=False)
         trainer = Trainer(
             model=head, args=stage_args, compute_loss_func=loss, compute_metrics=compute_metrics, callbacks=callbacks,
             train_dataset=features_dataset(train_features, train_split["label"], all_views=True),

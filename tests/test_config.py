@@ -215,3 +215,19 @@ def test_an_output_dir_inside_the_data_dir_is_refused(tmp_path, capsys, output_d
     assert lines[-1].endswith(f"--output_dir {tmp_path / output_dir} is inside --data_dir {tmp_path / 'photos'}: the "
                               "run's plots would be read as photos (a class of their own) by the next run; choose a "
                               "folder outside the photos")
+
+
+def test_on_a_gpu_photos_load_in_persistent_workers_and_on_a_cpu_in_the_training_process(monkeypatch):
+    import torch
+
+    from hf_model.config import hardware_defaults
+
+    _, on_cpu = parse_args(["--data_dir", "x", "--output_dir", "o"])
+    assert (on_cpu.dataloader_num_workers, on_cpu.dataloader_persistent_workers) == (0, False)
+    _, chosen = parse_args(["--data_dir", "x", "--output_dir", "o", "--dataloader_num_workers", "1"])
+    assert chosen.dataloader_num_workers == 1  # a flag still wins
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # TrainingArguments itself needs a real GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert hardware_defaults() == {"dataloader_pin_memory": True, "dataloader_num_workers": 2,
+                                   "dataloader_persistent_workers": True}  # 16 CPUs shared by 8 ranks
