@@ -34,7 +34,7 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from hf_model.atomic import atomic_write, folder_lock, write_json_atomic
-from hf_model.backbones import BACKBONES, default_image_size
+from hf_model.backbones import BACKBONES, NotAModelError, default_image_size
 from hf_model.config import HEADS, TOP_K, RunRecord, TrainConfig, parse_args
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.experiments import cross_validate, summarize_folds
@@ -184,10 +184,8 @@ def plan_cells(cfg: TrainConfig, backbones: Sequence[str], image_sizes: Sequence
 def _native_size(backbone: str) -> int:
     try:
         return default_image_size(backbone)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--backbones {backbone}: neither a registry name ({', '.join(BACKBONES)}) nor a model "
-                         f"folder, and no Hub model by that id can be loaded here ({str(err).splitlines()[0]})"
-                         ) from err
+    except NotAModelError as err:  # its message already says which kind of name it is and why it does not load
+        raise ValueError(f"--backbones: {err}") from err
 
 
 def _pixels(size: str) -> int:

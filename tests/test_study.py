@@ -198,6 +198,8 @@ def test_top5_on_two_classes_is_refused_before_any_cell_runs(image_folder, tiny_
 @pytest.mark.parametrize("extra, message", [
     (["--output_dir", "FILE"], "is a file: give a folder"),
     (["--learning_curve", "--imbalance", "oversample"], "instead of --imbalance"),
+    (["--backbones", "nosuch/model"],
+     "error: --backbones: nosuch/model is neither a model folder nor a Hub id (and the Hub is offline"),
 ])
 def test_misused_study_flags_are_usage_errors(extra, message, image_folder, tmp_path, capsys):
     (tmp_path / "FILE").write_text("not a folder")
