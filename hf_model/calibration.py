@@ -15,6 +15,8 @@ fractions, seed, cross-validation fold), then:
 
 Every rate comes with its sample size and a 95% Wilson interval, and calibration refuses to choose a
 threshold from fewer photos than :func:`required_photos` asks for unless told to (``allow_small_samples``).
+The gate and the model run on ``device`` (default: the GPU when present); nothing about the device is
+recorded, so ``calibration.json`` serves the same on any machine.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from scipy.stats import binomtest
 from hf_model.backbones import DEFAULT_BACKBONE
 from hf_model.config import load_run_config
 from hf_model.data import DataError, load_data
+from hf_model.devices import Device, add_device_argument, resolve_device
 from hf_model.exit_status import command, exit_statuses
 from hf_model.flags import number_in, whole_number
 from hf_model.images import list_images, skipped_files
@@ -74,15 +77,19 @@ def calibrate(
     limit: int | None = None,
     batch_size: int = 32,
     allow_small_samples: bool = False,
+    device: Device = None,
 ) -> dict:
     """Choose and save the thresholds of ``model_dir``; returns the report stored with them.
 
-    Raises :class:`~hf_model.run_folder.RunFolderError` when the folder's training did not finish,
+    The gate and the model run on ``device`` (:func:`hf_model.devices.resolve_device`; default: the GPU when
+    present). Raises :class:`~hf_model.devices.DeviceError` first for a device this machine does not have,
+    :class:`~hf_model.run_folder.RunFolderError` when the folder's training did not finish,
     ``FileNotFoundError`` when it holds no run record, ``BadImageError`` for an unreadable training photo,
     and :class:`~hf_model.data.DataError` when the validation split or the out-of-domain folders hold fewer
     photos than :func:`required_photos` (with ``allow_small_samples``: a loud warning instead, recorded in the
     report's ``sample_sizes``, down to FEWEST_POSSIBLE).
     """
+    device = resolve_device(device)
     require_finished(model_dir)
     record = load_run_config(model_dir)
     cfg = dataclasses.replace(record.config, data_dir=str(data_dir)) if data_dir else record.config
@@ -96,7 +103,8 @@ def calibrate(
     required = required_photos(max_in_domain_rejection)
     small = check_sample_sizes(sample_sizes, required, allow_small_samples, model_dir, out_of_domain_dirs, limit)
 
-    gate = load_gate(gate_backbone)
+    logger.info("calibrating on %s", device)
+    gate = load_gate(gate_backbone, device)
     probs = {name: photo_probabilities(gate.imagenet_probabilities, images, batch_size)
              for name, images in sets.items()}
     profile = probs.pop("train").mean(axis=0)
@@ -115,8 +123,8 @@ def calibrate(
             "out_of_domain": f"other_calibration ({len(scores['other_calibration'])} photos)",
         },
         "rejected": {name: rejection(s, threshold) for name, s in scores.items()},
-        "unsure": unsure_report(Classifier.from_pretrained(str(model_dir), warn_uncalibrated=False), data["validation"],
-                                unsure_below, limit),
+        "unsure": unsure_report(Classifier.from_pretrained(str(model_dir), warn_uncalibrated=False, device=device),
+                                data["validation"], unsure_below, limit),
         "out_of_domain_dirs": [str(d) for d in out_of_domain_dirs],
         "sample_sizes": {**sample_sizes, "required": required, "below_required": small},
         "intervals": INTERVALS,
@@ -297,11 +305,13 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"calibrate on fewer than {MIN_PHOTOS} validation photos or {2 * MIN_PHOTOS} "
                         "out-of-domain photos (refused without it): a loud warning, and calibration.json and the "
                         "Space say so")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     report = calibrate(args.model_dir, args.out_of_domain_dirs, data_dir=args.data_dir,
                        max_in_domain_rejection=args.max_in_domain_rejection, unsure_below=args.unsure_below,
-                       limit=args.limit, batch_size=args.batch_size, allow_small_samples=args.allow_small_samples)
+                       limit=args.limit, batch_size=args.batch_size, allow_small_samples=args.allow_small_samples,
+                       device=args.device)
     held_out = report["held_out"]
     print(f"calibration.json written to {args.model_dir}. On photos the threshold was not chosen on it turns away "
           f"{rate_text(held_out['out_of_domain'])} out-of-domain photos and {rate_text(held_out['in_domain'])} "

@@ -35,6 +35,7 @@ DEFAULT_SEED = 42  # TrainingArguments' default seed, which also decides the spl
 MANY_PHOTOS = 500  # photos in the median class from which fine-tuning blocks is chosen over the head alone
 TOP_K = 5  # top-k accuracy, and the most classes a card or a demo lists for one photo
 CLASS_WEIGHTS = ("none", "auto")
+MULTI_DEVICE_BATCH = ("keep_global", "scale_lr")  # how a recipe for one device runs on several (distributed.py)
 HEADS = ("logistic", "ncm", "sgd")  # how stage 1 fits the head: hf_model.heads (closed form) or Trainer (sgd)
 RUN_CONFIG_FILE = "hf_model_config.json"
 TRAIN_EXIT_STATUSES = exit_statuses(
@@ -90,6 +91,11 @@ class TrainConfig:
         "help": "calibrate the probabilities: a temperature fitted on held-out predictions, folded into the head"})
     freeze_batchnorm: bool = field(default=True, metadata={"help": "keep BatchNorm frozen, in eval mode"})
     head_learning_rate: float = field(default=1e-3, metadata={"help": "stage 1 learning rate"})
+    multi_device_batch: str = field(default="keep_global", metadata={
+        "help": "on several GPUs (torchrun, accelerate launch, or one process over several GPUs): keep_global divides "
+                "--per_device_train_batch_size by the number of devices, so the global batch, updates and learning "
+                "rate stay those of one device; scale_lr keeps the per-device batch and multiplies the learning "
+                "rates by the number of devices (linear scaling rule)", "choices": list(MULTI_DEVICE_BATCH)})
     head_epochs: int = field(default=100, metadata={"help": "stage 1 epoch limit (early stopping ends it sooner)"})
     head_patience: int = field(default=10, metadata={"help": "stage 1 early-stopping patience in epochs"})
     head_dropout: float = field(default=0.2, metadata={"help": "dropout before the head in stage 1"})
@@ -167,6 +173,9 @@ BASE_DEFAULTS: dict = {
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
     "disable_tqdm": False,
+    # DDP's search for parameters that got no gradient costs a pass over the graph every step; every trainable
+    # parameter of our stages takes part in the loss (frozen ones have requires_grad off and are not tracked)
+    "ddp_find_unused_parameters": False,
 }
 DATALOADER_WORKERS_ON_GPU = 4  # per rank: decoding and augmenting photos must keep up with the GPU
 
@@ -350,6 +359,8 @@ class RunRecord:
     split_sizes: dict[str, int] = field(default_factory=dict)
     label_names: list[str] = field(default_factory=list)  # the classes, in the model's output order
     finished: bool = True  # False while training; records from before this field were written at the end
+    devices: int = 1  # devices one optimizer step spread its batch over (GPUs, or processes on a CPU)
+    global_batch_size: int | None = None  # photos per optimizer step on all of them (None: not recorded)
 
     def to_dict(self) -> dict:
         args = {k: v for k, v in self.training_args.to_dict().items() if not k.endswith("_token")}  # no secrets
@@ -359,7 +370,8 @@ class RunRecord:
         return {"command": self.command, "config": config, "training_args": args,
                 "cv_fold": list(self.cv_fold) if self.cv_fold else None, "image_size": self.image_size,
                 "label_source": self.label_source, "split_sizes": self.split_sizes,
-                "label_names": list(self.label_names), "finished": self.finished}
+                "label_names": list(self.label_names), "finished": self.finished, "devices": self.devices,
+                "global_batch_size": self.global_batch_size}
 
     def save(self, model_dir: str | Path) -> Path:
         """Write ``model_dir/hf_model_config.json`` atomically (a crash never leaves half a record)."""
@@ -395,4 +407,5 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
     cv_fold = raw.get("cv_fold") or raw["config"].get("cv_fold")  # older records kept the fold in the config
     return RunRecord(config, training_args, raw.get("command", ""), tuple(cv_fold) if cv_fold else None,
                      raw.get("image_size"), raw.get("label_source", ""), raw.get("split_sizes", {}),
-                     raw.get("label_names", []), raw.get("finished", True))
+                     raw.get("label_names", []), raw.get("finished", True), raw.get("devices", 1),
+                     raw.get("global_batch_size"))

@@ -30,6 +30,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, concatenate_datasets, load_dataset
 
 from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, TrainConfig
+from hf_model.distributed import main_process_result
 from hf_model.exit_status import UserInputError
 from hf_model.images import IMAGE_SUFFIXES, is_hidden, list_images, open_image, skipped_files
 
@@ -861,8 +862,14 @@ def scan_images(images: Iterable, skip_bad_images: bool = False) -> tuple[np.nda
     is hashed as the model sees it: upright RGB, high bit depths scaled (:func:`hf_model.transforms.to_rgb`).
     A file that does not decode (Pillow's decompression-bomb limit included) raises
     :class:`BadImageError` naming it, or is skipped with a warning when ``skip_bad_images`` is set.
+    Under ``torchrun`` only the main process decodes; the other ranks get its answer (or its error), so every
+    rank builds the same splits without decoding the photos again (:func:`hf_model.distributed.main_process_result`).
     """
     items = list(images)
+    return main_process_result(lambda: _scan(items, skip_bad_images))
+
+
+def _scan(items: list, skip_bad_images: bool) -> tuple[np.ndarray, np.ndarray]:
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes without the GIL
         results = list(pool.map(_hash_one, items))
     hashes = np.zeros((len(items), 2), dtype=np.uint64)

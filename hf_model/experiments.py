@@ -21,12 +21,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import Dataset, DatasetDict
 from datasets import Image as ImageFeature
 from transformers import TrainingArguments
 
 from hf_model.atomic import write_json_atomic
 from hf_model.config import TrainConfig
+from hf_model.distributed import main_process_result
 from hf_model.predict import class_probabilities, load_for_inference
 from hf_model.temperature import expected_calibration_error_of_totals
 
@@ -103,9 +105,10 @@ def teach(run: RunFn, cfg: TrainConfig, args: TrainingArguments, data: DatasetDi
         dataclasses.replace(args, output_dir=str(teacher_dir), push_to_hub=False), command, cv_fold)
     names = data["train"].features["label"].names
     shares = np.bincount(data["train"]["label"], minlength=len(names))
-    with args.main_process_first(desc="pseudo-labels"):  # under torchrun: after rank 0 has saved the teacher
-        pseudo = pseudo_label(teacher_dir, data["unlabeled"], cfg.pseudo_label_threshold, tta=cfg.tta,
-                              class_shares=shares / shares.sum(), batch_size=args.per_device_eval_batch_size)
+    # labelled once, by the main process (which saved the teacher) on its accelerator; every rank gets its answer
+    pseudo = main_process_result(lambda: pseudo_label(
+        teacher_dir, data["unlabeled"], cfg.pseudo_label_threshold, tta=cfg.tta, class_shares=shares / shares.sum(),
+        batch_size=args.per_device_eval_batch_size, device=args.device))
     counts = np.bincount(pseudo["label"], minlength=len(names))
     logger.info("self-training: %d of %d unlabeled photos get the label the teacher is at least %.0f%% sure of, "
                 "in the training photos' class shares (%s); the student trains on them too", len(pseudo),
@@ -115,18 +118,20 @@ def teach(run: RunFn, cfg: TrainConfig, args: TrainingArguments, data: DatasetDi
 
 
 def pseudo_label(model_dir: str | Path, unlabeled: Dataset, threshold: float, *, tta: bool = False,
-                 class_shares: Sequence[float] | None = None, batch_size: int = 32) -> Dataset:
+                 class_shares: Sequence[float] | None = None, batch_size: int = 32,
+                 device: str | torch.device | None = None) -> Dataset:
     """The photos of ``unlabeled`` that the model in ``model_dir`` labels with probability >= ``threshold``.
 
     Returns a dataset with the same features as ``unlabeled`` and the model's labels; with ``tta``
     the photo and its mirror image are averaged, as at test time. With ``class_shares`` (the labeled
     training photos' class shares) only the most confident photos of each class are kept, in those
     shares: a teacher that leans to the larger class would otherwise tilt the student further.
-    Raises ``ValueError`` when ``threshold`` is not in (0, 1].
+    The teacher runs on ``device`` (default: the GPU when present). Raises ``ValueError`` when ``threshold`` is
+    not in (0, 1].
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"the pseudo-label threshold is a probability in (0, 1], got {threshold}")
-    probs = teacher_probabilities(model_dir, unlabeled, tta=tta, batch_size=batch_size)
+    probs = teacher_probabilities(model_dir, unlabeled, tta=tta, batch_size=batch_size, device=device)
     confident = np.flatnonzero(probs.max(axis=1) >= threshold)
     if class_shares is not None:
         confident = balanced(confident, probs, np.asarray(class_shares, dtype=float))
@@ -135,10 +140,10 @@ def pseudo_label(model_dir: str | Path, unlabeled: Dataset, threshold: float, *,
                              features=unlabeled.features)
 
 
-def teacher_probabilities(model_dir: str | Path, dataset: Dataset, *, tta: bool = False,
-                          batch_size: int = 32) -> np.ndarray:
-    """(photos, classes) probabilities of the saved teacher (GPU when present)."""
-    model, transform = load_for_inference(str(model_dir))
+def teacher_probabilities(model_dir: str | Path, dataset: Dataset, *, tta: bool = False, batch_size: int = 32,
+                          device: str | torch.device | None = None) -> np.ndarray:
+    """(photos, classes) probabilities of the saved teacher on ``device`` (default: the GPU when present)."""
+    model, transform = load_for_inference(str(model_dir), device)
     return class_probabilities(model, transform, dataset["image"], tta=tta, batch_size=batch_size)
 
 

@@ -21,22 +21,24 @@ from PIL import Image, UnidentifiedImageError
 
 from hf_model.atomic import atomic_write
 from hf_model.backbones import NotAModelError, load_image_processor, not_a_model_reason
+from hf_model.devices import Device, add_device_argument, input_device_and_dtype, resolve_device
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.flags import whole_number
 from hf_model.images import IMAGE_SUFFIXES, list_images, open_image, skipped_files
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
 
 
-def load_for_inference(source: str, device: str | torch.device | None = None):
+def load_for_inference(source: str, device: Device = None):
     """A trained model folder or Hub id: ``(model, eval_transform)``, the model in eval mode on ``device``.
 
-    ``device`` defaults to the GPU when present. The transform is the saved image processor's own
-    preprocessing, exactly what ``pipeline("image-classification")`` applies.
+    ``device`` (:func:`hf_model.devices.resolve_device`) defaults to the GPU when present; one this machine does
+    not have raises :class:`~hf_model.devices.DeviceError` before the model loads. The transform is the saved
+    image processor's own preprocessing, exactly what ``pipeline("image-classification")`` applies.
     """
     from transformers import AutoModelForImageClassification
 
+    device = resolve_device(device)
     model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True)  # never a pickle
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device, memory_format=torch.channels_last).eval()
     return model, build_eval_transform(load_image_processor(source, model.config))
 
@@ -49,17 +51,18 @@ def view_probabilities(model: torch.nn.Module, transform: Callable[[Image.Image]
     The one way this package predicts a split: training's test metrics, self-training's
     pseudo-labels, batch prediction and the demo all come through here. ``photos`` are PIL images
     (or a ``datasets`` image column, read batch by batch); ``tta`` adds the mirror image
-    (:func:`hf_model.transforms.test_time_views`); average over axis 0 for the TTA answer.
+    (:func:`hf_model.transforms.test_time_views`); average over axis 0 for the TTA answer. The photos go to
+    the model's device and dtype (any device, float32 or bf16); the result is float32 on the CPU.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device, dtype = input_device_and_dtype(model)
     views = test_time_views(tta)
     out = np.zeros((len(views), len(photos), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(photos), batch_size):
         images = photos[start:start + batch_size]  # made upright RGB by the transform (and the mirror view)
         for v, view in enumerate(views):
             pixels = torch.stack([transform(view(image)) for image in images])
-            pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
+            pixels = pixels.to(device, dtype).contiguous(memory_format=torch.channels_last)
             logits = model(pixel_values=pixels).logits
             out[v, start:start + len(images)] = logits.float().softmax(-1).cpu().numpy()
     return out
@@ -181,14 +184,16 @@ class NothingLabeledError(UserInputError):
     """Every file given was unreadable or skipped, or there were none: the run produced nothing."""
 
 
-def load_or_explain(source: str):
+def load_or_explain(source: str, device: Device = None):
     """:func:`load_for_inference`, or :class:`NotAModelError` saying in one line why ``source`` is not a model.
 
     A folder that is not a model folder, a path that does not exist, and a Hub id that cannot be reached
-    (``HF_HUB_OFFLINE=1``, no network) or does not exist each get their own message.
+    (``HF_HUB_OFFLINE=1``, no network) or does not exist each get their own message. A ``device`` this
+    machine does not have raises :class:`~hf_model.devices.DeviceError` first, before anything loads.
     """
+    device = resolve_device(device)  # outside the try: a DeviceError is a ValueError, but not about the model
     try:
-        return load_for_inference(source)
+        return load_for_inference(source, device)
     except (OSError, ValueError) as err:
         raise NotAModelError(not_a_model_reason(source, err)) from err
 
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="labels listed per photo (at most the model's number of classes)")
     parser.add_argument("--batch_size", type=whole_number(1), default=16)
     parser.add_argument("--output", help="write a CSV here instead of printing")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.output and (Path(args.output).is_dir() or not Path(args.output).resolve().parent.is_dir()):
         parser.error(f"--output {args.output}: give a CSV file name in an existing folder")
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         refuse_to_overwrite(Path(args.output), [file for file, _ in entries], args.model)
 
-    model, transform = load_or_explain(args.model)
+    model, transform = load_or_explain(args.model, args.device)
     top_k = min(args.top_k, model.config.num_labels)
     if top_k < args.top_k:
         print(f"note: --top_k {args.top_k} is more than the model's {top_k} classes; listing all {top_k}",

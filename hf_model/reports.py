@@ -457,7 +457,8 @@ def _refit_photos(record: RunRecord) -> int | None:
 
 
 # Settings only a Trainer stage uses: a card of the closed-form head alone leaves them out
-TRAINER_SETTINGS = ("learning_rate", "epochs", "batch_size", "weight_decay", "lr_scheduler", "stages",
+TRAINER_SETTINGS = ("learning_rate", "epochs", "batch_size", "devices", "multi_device_batch", "weight_decay",
+                    "lr_scheduler", "stages",
                     "freeze_batchnorm", "head_learning_rate", "head_epochs", "head_patience", "head_dropout",
                     "early_stopping_patience", "resume")
 
@@ -466,14 +467,21 @@ def card_hyperparameters(record: RunRecord, chosen: dict | None = None) -> dict:
     """The card's hyperparameter table: the main ``TrainingArguments``, the recipe (not the data paths), and what
     held-out photos chose (``chosen``: the logistic head's ``C``, the temperature)."""
     args = record.training_args
-    table = {"seed": args.seed, "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
-             "batch_size": args.per_device_train_batch_size, "weight_decay": args.weight_decay,
+    # the learning rates and batch as trained: on several devices, after distributed.for_devices
+    lr_scale = record.devices if record.config.multi_device_batch == "scale_lr" else 1
+    table = {"seed": args.seed, "learning_rate": args.learning_rate * lr_scale, "epochs": args.num_train_epochs,
+             "batch_size": record.global_batch_size  # photos per optimizer step on all devices
+             or args.per_device_train_batch_size * args.gradient_accumulation_steps,
+             **({"devices": record.devices} if record.devices > 1 else {}), "weight_decay": args.weight_decay,
              "lr_scheduler": getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type),
              "image_size": record.image_size,
              **({"cross_validation_fold": f"{record.cv_fold[0] + 1} of {record.cv_fold[1]}"} if record.cv_fold else {}),
              **{k: v for k, v in dataclasses.asdict(record.config).items()  # image_size: the size trained at, above
                 if k not in ("data_dir", "dataset", "labels_file", "preset", "preset_file", "cache_dir",
                              "image_size")}}
+    table["head_learning_rate"] *= lr_scale
+    if record.devices == 1:
+        table.pop("multi_device_batch")  # a rule for several devices only
     chosen = chosen or {}
     if chosen.get("head_C") is not None:
         table["head_C"] = chosen["head_C"]  # the L2 strength inner cross-validation chose

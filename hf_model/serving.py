@@ -9,6 +9,8 @@
   photo is in domain when those ImageNet classes overlap the ones the training photos got.
 - Heat map: Grad-CAM on the model's last convolutional feature map, which the model's adapter finds
   (:mod:`hf_model.adapters`: timm CNNs through ``timm_wrapper``, HF-native ConvNeXt and EfficientNet).
+- Device: the model and its gate run where ``device`` says (:func:`hf_model.devices.resolve_device`; by default
+  the GPU when present); photos go to the model's device and dtype, and results come back to the CPU as float32.
 
 Only runtime dependencies are imported here (torch, transformers, timm, PIL, numpy): the Space runs it.
 """
@@ -30,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from hf_model.adapters import adapter_for
 from hf_model.atomic import write_json_atomic
 from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
+from hf_model.devices import Device, input_device_and_dtype, resolve_device
 from hf_model.exit_status import UserInputError
 from hf_model.images import open_image
 from hf_model.predict import class_probabilities
@@ -152,22 +155,34 @@ class DomainGate:
     lands on microwave or dining table and scores low against a bedroom profile.
     """
 
-    def __init__(self, backbone: str = DEFAULT_BACKBONE):
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, device: Device = None):
+        """The gate ``backbone`` (a registry name or model folder) on ``device`` (default: the GPU when present).
+
+        Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have.
+        """
         from transformers import AutoModelForImageClassification
 
+        device = resolve_device(device)  # before anything loads
         source = resolve_backbone(backbone)
-        self.model = _for_inference(AutoModelForImageClassification.from_pretrained(source, use_safetensors=True))
+        model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True)
+        self.model = _for_inference(model, device)
         self.processor = load_image_processor(source, self.model.config)
         self.transform = build_eval_transform(self.processor)
 
     def imagenet_probabilities(self, images: list[Image.Image]) -> np.ndarray:
+        """ImageNet class probabilities of RGB images, shape (n, 1000), float32 on the CPU."""
         return class_probabilities(self.model, self.transform, images)
 
 
+def load_gate(backbone: str = DEFAULT_BACKBONE, device: Device = None) -> DomainGate:
+    """One gate per backbone and device per process, shared by every task that uses it (default: the GPU when
+    present). Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have."""
+    return _shared_gate(backbone, resolve_device(device))
+
+
 @functools.cache
-def load_gate(backbone: str = DEFAULT_BACKBONE) -> DomainGate:
-    """One gate per backbone per process, shared by every task that uses it."""
-    return DomainGate(backbone)
+def _shared_gate(backbone: str, device: torch.device) -> DomainGate:
+    return DomainGate(backbone, device)
 
 
 def domain_scores(imagenet_probabilities: np.ndarray, profile) -> np.ndarray:
@@ -175,26 +190,34 @@ def domain_scores(imagenet_probabilities: np.ndarray, profile) -> np.ndarray:
 
 
 class Classifier:
-    """A trained image classifier ready to serve: scores, verdict, sentence and heat map for one photo."""
+    """A trained image classifier ready to serve: scores, verdict, sentence and heat map for one photo.
 
-    def __init__(self, model, processor, calibration: Calibration | None = None, subject: str = "the training photos"):
-        self.model = _for_inference(model)
+    The model (moved to ``device``; default: the GPU when present) and its gate run on the same device, in the
+    model's dtype. Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have.
+    """
+
+    def __init__(self, model, processor, calibration: Calibration | None = None, subject: str = "the training photos",
+                 *, device: Device = None):
+        self.device = resolve_device(device)
+        self.model = _for_inference(model, self.device)
         self.processor = processor
         self.transform = build_eval_transform(processor)
         self.calibration = calibration
-        self.gate = load_gate(calibration.gate_backbone) if calibration else None
+        self.gate = load_gate(calibration.gate_backbone, self.device) if calibration else None
         self.subject = subject  # what the photos should show, e.g. "a bedroom"
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     @classmethod
     def from_pretrained(cls, source: str, subject: str = "the training photos", *,
-                        warn_uncalibrated: bool = True) -> Classifier:
-        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present.
+                        warn_uncalibrated: bool = True, device: Device = None) -> Classifier:
+        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present,
+        on ``device`` (default: the GPU when present; checked before anything loads).
 
         Without one it logs a warning (unless ``warn_uncalibrated`` is false: ``hf-model calibrate`` itself).
         """
         from transformers import AutoModelForImageClassification
 
+        device = resolve_device(device)
         model_dir = Path(source) if Path(source).is_dir() else _download(source)
         model = AutoModelForImageClassification.from_pretrained(model_dir, use_safetensors=True)  # never a pickle
         calibration = Calibration.load(model_dir)
@@ -205,10 +228,10 @@ class Classifier:
                 source,
                 CALIBRATION_FILE,
             )
-        return cls(model, load_image_processor(str(model_dir), model.config), calibration, subject)
+        return cls(model, load_image_processor(str(model_dir), model.config), calibration, subject, device=device)
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
-        """Class probabilities for a batch of RGB images, shape (n, classes)."""
+        """Class probabilities for a batch of RGB images, shape (n, classes), float32 on the CPU."""
         return class_probabilities(self.model, self.transform, images)
 
     def predict(self, image: Image.Image, top_k: int = 5, heatmap: bool = False) -> Prediction:
@@ -216,10 +239,11 @@ class Classifier:
         domain_score = self.domain_score(image)
         in_domain = domain_score is None or domain_score >= self.calibration.domain_threshold
         explain = heatmap and in_domain
-        pixels = _pixels(self.processor, [image]).requires_grad_(explain)  # weights are frozen: grads stop here
+        pixels = _pixels(self.processor, [image])  # float32 on the CPU, what the heat map shows
+        inputs = _to_model(pixels, self.model).requires_grad_(explain)  # weights are frozen: grads stop here
         with torch.enable_grad() if explain else torch.inference_mode():
-            logits, feature_map = self.logits_and_feature_map(pixels)
-        probs = logits[0].detach().softmax(-1)
+            logits, feature_map = self.logits_and_feature_map(inputs)
+        probs = logits[0].detach().float().softmax(-1)
         top = probs.topk(min(top_k, len(self.labels)))
         scores = {self.labels[i]: float(p) for p, i in zip(top.values, top.indices.tolist())}
         unsure_below = self.calibration.unsure_below if self.calibration else DEFAULT_UNSURE_BELOW
@@ -227,7 +251,7 @@ class Classifier:
         overlay = None
         if explain and feature_map is not None and feature_map.ndim == 4:  # a CNN feature map (B, C, H, W)
             cam = grad_cam(logits[0, top.indices[0]], feature_map)
-            overlay = overlay_heatmap(model_input_image(self.processor, pixels[0].detach()), cam)
+            overlay = overlay_heatmap(model_input_image(self.processor, pixels[0]), cam)
         return Prediction(scores, verdict, self.sentence(verdict, scores), domain_score, overlay)
 
     def domain_score(self, image: Image.Image) -> float | None:
@@ -275,19 +299,24 @@ def percent(p: float) -> str:
 
 
 def grad_cam(class_logit: torch.Tensor, feature_map: torch.Tensor) -> np.ndarray:
-    """Grad-CAM: feature channels weighted by their mean gradient, positive part, scaled to [0, 1]."""
+    """Grad-CAM (Selvaraju et al., 2017): feature channels weighted by their mean gradient, positive part, scaled
+    to [0, 1]. ``feature_map`` is (1, C, H, W) on any device and in any dtype; returns (H, W) float32 on the CPU.
+    """
     (grads,) = torch.autograd.grad(class_logit, feature_map)
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * feature_map).sum(dim=1))[0].detach().float()
+    weights = grads.float().mean(dim=(2, 3), keepdim=True)  # summed in float32: bf16 drops small channels
+    cam = torch.relu((weights * feature_map.detach().float()).sum(dim=1))[0]
     top = cam.max()
-    return (cam / top if top > 0 else cam).numpy()
+    return (cam / top if top > 0 else cam).cpu().numpy()
 
 
 def model_input_image(processor, pixel_values: torch.Tensor) -> Image.Image:
-    """The normalized tensor the model saw, back as an RGB image (the crop, at the model's size)."""
-    mean, std, _ = normalization(processor)
-    pixels = pixel_values.float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return Image.fromarray((pixels.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    """The normalized (3, H, W) tensor the model saw, on any device and in any dtype, back as an RGB image
+    (the crop, at the model's size)."""
+    pixels = pixel_values.detach().float()
+    mean, std = (torch.tensor(values, dtype=pixels.dtype, device=pixels.device)[:, None, None]
+                 for values in normalization(processor)[:2])  # made where the pixels are: no device mix-up
+    pixels = (pixels * std + mean).clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((pixels * 255).round().astype(np.uint8))
 
 
 # dark blue -> cyan -> yellow -> red, like the usual "jet"-style heat maps
@@ -305,14 +334,20 @@ def overlay_heatmap(photo: Image.Image, cam: np.ndarray, side: int = HEATMAP_SID
     return Image.fromarray((photo * (1 - alpha) + colour * alpha).round().astype(np.uint8))
 
 
-def _for_inference(model):
+def _for_inference(model, device: torch.device):
     model.eval().requires_grad_(False)
-    return model.to(memory_format=torch.channels_last)  # roughly 1.5x faster convolutions on CPU
+    return model.to(device, memory_format=torch.channels_last)  # roughly 1.5x faster convolutions on CPU
 
 
 def _pixels(processor, images: list[Image.Image]) -> torch.Tensor:
     pixels = processor(images, return_tensors="pt")["pixel_values"]
     return pixels.contiguous(memory_format=torch.channels_last)
+
+
+def _to_model(pixels: torch.Tensor, model) -> torch.Tensor:
+    """``pixels`` on the model's device and in its dtype (a bf16 model refuses float32 photos)."""
+    device, dtype = input_device_and_dtype(model)
+    return pixels.to(device, dtype)  # keeps the channels-last layout
 
 
 def _download(repo_id: str) -> Path:

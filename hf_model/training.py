@@ -39,6 +39,7 @@ from hf_model.backbones import (
 )
 from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args, program
 from hf_model.data import HAND_LABELED_SPLITS, load_data, training_photos
+from hf_model.distributed import devices_in_step, for_devices, global_batch_size, per_device_share
 from hf_model.exit_status import command
 from hf_model.experiments import cross_validate, teach
 from hf_model.features import HeadModel, cache_key, extract_features, features_dataset, photo_digests
@@ -59,6 +60,7 @@ from hf_model.temperature import (
 from hf_model.transforms import batch_transform, build_eval_transform, build_train_transform, collate
 
 logger = logging.getLogger("hf_model")
+FEATURE_BATCH_ON_ACCELERATOR = 256  # photos per forward pass of stage 1's feature extraction on a GPU
 MIN_HELD_OUT = 30  # held-out predictions needed to fit a temperature: fewer fit noise, and T runs to an extreme
 
 
@@ -90,13 +92,16 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     push_to = repo_to_push(args)
     args = dataclasses.replace(args, push_to_hub=False)  # one upload at the end, not one per checkpoint
     set_seed(args.seed)
+    devices = devices_in_step(args)  # sets up torch.distributed under torchrun: the splits are then built once
     data = load_data(cfg, args.seed, cv_fold)
     label_names = data["train"].features["label"].names
     logger.info("labels from %s; classes %s; %s", data.label_source, _short(label_names),
                 ", ".join(f"{name} {len(split)}" for name, split in data.items()))
     cfg = choose_recipe(cfg, data)
+    stage_cfg, stage_args = for_devices(cfg, args)  # the recipe as written for one device, on the devices here
     record = RunRecord(cfg, args, command, cv_fold, cfg.image_size or default_image_size(cfg.backbone),
-                       data.label_source, _split_sizes(data), list(label_names), finished=False)
+                       data.label_source, _split_sizes(data), list(label_names), finished=False,
+                       devices=devices, global_batch_size=global_batch_size(stage_args))
     plan = plan_run(args, cfg.resume, record)
     if plan.finished is not None:
         return report_finished(args, plan.finished, push_to)
@@ -106,10 +111,10 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         data["pseudo_labeled"] = teach(train, cfg, args, data, command, cv_fold)
         set_seed(args.seed)  # the student starts from the same seed as a run without a teacher
 
-    trainer, eval_transform, chosen = fine_tune(cfg, args, data, plan.resume_from)
+    trainer, eval_transform, chosen = fine_tune(stage_cfg, stage_args, data, plan.resume_from)
     if cfg.refit and cv_fold is not None and not fits_on_validation(cfg):
         # the fold's test photos score a model that learned from all the others
-        trainer = refit(cfg, args, refit_data(data, with_test=False), chosen)
+        trainer = refit(stage_cfg, stage_args, refit_data(data, with_test=False), chosen)
 
     views = view_probabilities(trainer.model, eval_transform, data["test"]["image"], tta=cfg.tta,
                                batch_size=args.per_device_eval_batch_size)
@@ -123,7 +128,7 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         metrics = {"test_samples": 0}
     trainer.log_metrics("test", {k: v for k, v in metrics.items() if not isinstance(v, dict | list)})
     if cfg.refit and cv_fold is None:  # the saved model learns from the test photos too, once they have scored it
-        trainer = refit(cfg, args, refit_data(data, with_test=True), chosen)
+        trainer = refit(stage_cfg, stage_args, refit_data(data, with_test=True), chosen)
     if trainer.is_world_process_zero():
         save_results(args.output_dir, "test", metrics)
         save_results(args.output_dir, "chosen", {"chosen": dataclasses.asdict(chosen)})
@@ -420,8 +425,11 @@ def train_head(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, tra
         train_features = cached_features(cfg, args, setup, train_split, cfg.feature_views)
         head = HeadModel(copy.deepcopy(classifier), cfg.head_dropout)
         head.classifier.requires_grad_(True)
-        stage_args = dataclasses.replace(stage_args, per_device_train_batch_size=max(
-            64, args.per_device_train_batch_size), dataloader_num_workers=0, dataloader_persistent_workers=False)
+        # at least 64 feature rows a step (on all devices together under keep_global: the recipe of one device)
+        head_batch = max(per_device_share(64, devices_in_step(args), cfg.multi_device_batch),
+                         args.per_device_train_batch_size)
+        stage_args = dataclasses.replace(stage_args, per_device_train_batch_size=head_batch,
+                                         dataloader_num_workers=0, dataloader_persistent_workers=False)
         trainer = Trainer(
             model=head, args=stage_args, compute_loss_func=loss, compute_metrics=compute_metrics, callbacks=callbacks,
             train_dataset=features_dataset(train_features, train_split["label"], all_views=True),
@@ -469,13 +477,21 @@ def fit_closed_form_head(cfg: TrainConfig, args: TrainingArguments, setup: Model
 
 def cached_features(cfg: TrainConfig, args: TrainingArguments, setup: ModelSetup, photos: Dataset,
                     views: int) -> np.ndarray:
-    """(photos, views, dim) pooled features from the cache, computed first where missing (the first view plain)."""
+    """(photos, views, dim) pooled features from the cache, computed first where missing (the first view plain).
+
+    On an accelerator: batches of :data:`FEATURE_BATCH_ON_ACCELERATOR`, the run's DataLoader workers, autocast in
+    bf16/fp16 when the run trains in it; under ``torchrun`` every rank computes its share of the photos.
+    """
     cache = Path(cfg.cache_dir or default_cache_dir()) / "features" / setup.feature_key
     transforms = [setup.eval_transform] + [setup.train_transform] * (views - 1)
     setup.model.to(args.device)
-    with args.main_process_first(desc="stage 1 features"):  # other ranks then read the cache
-        return extract_features(setup.model, photos, transforms, cache / (f"views{views}" if views > 1 else "eval"),
-                                desc=f"features ({views} view{'s' if views > 1 else ''})")
+    on_accelerator = args.device.type != "cpu"
+    return extract_features(
+        setup.model, photos, transforms, cache / (f"views{views}" if views > 1 else "eval"),
+        batch_size=FEATURE_BATCH_ON_ACCELERATOR if on_accelerator else args.per_device_eval_batch_size,
+        desc=f"features ({views} view{'s' if views > 1 else ''})", num_workers=args.dataloader_num_workers,
+        dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32,
+        split_across_ranks=True)
 
 
 def best_epoch(state: TrainerState) -> float:

@@ -6,7 +6,8 @@ Run it from the repository root::
     python space/app.py --bedroom_model runs/bedrooms --examples_dir ~/demo_photos
 
 Each model is a trained folder (``train.py --output_dir``) or a Hub id, from ``--bedroom_model`` /
-``--bird_model`` or the ``BEDROOM_MODEL`` / ``BIRD_MODEL`` environment variables. Call it from Python::
+``--bird_model`` or the ``BEDROOM_MODEL`` / ``BIRD_MODEL`` environment variables. The models run on
+``--device`` (default ``auto``: the GPU when present; a free Space has none, so the CPU). Call it from Python::
 
     from gradio_client import Client, handle_file
     Client("http://127.0.0.1:7860/").predict(handle_file("bed.jpg"), api_name="/predict_bedroom")
@@ -32,6 +33,7 @@ import gradio as gr
 import torch
 
 from hf_model.backbones import not_a_model_reason
+from hf_model.devices import Device, DeviceError, add_device_argument, resolve_device
 from hf_model.exit_status import exit_statuses
 from hf_model.images import list_images
 from hf_model.serving import (
@@ -76,18 +78,20 @@ class TaskModel:
     note: str
 
 
-def load_task_model(task: Task, requested: str | None = None) -> TaskModel:
+def load_task_model(task: Task, requested: str | None = None, device: Device = None) -> TaskModel:
     """The model named on the command line; else the task's env var or published model; else the local one.
 
     A model named on the command line that fails to load stops the app (the user asked for it). The
     env var (a Space variable) or the default Hub model falls back to the local folder with a note,
-    so that a Hub hiccup at start-up does not take both tabs down.
+    so that a Hub hiccup at start-up does not take both tabs down. The model runs on ``device`` (default:
+    the GPU when present); one this machine does not have raises :class:`~hf_model.devices.DeviceError`.
     """
+    device = resolve_device(device)  # before the fallback below, which would take a DeviceError for a Hub failure
     if requested:
-        return TaskModel(Classifier.from_pretrained(requested, task.subject), f"Model: `{requested}`.")
+        return TaskModel(Classifier.from_pretrained(requested, task.subject, device=device), f"Model: `{requested}`.")
     preferred = os.environ.get(task.env_var) or task.hub_id
     try:
-        return TaskModel(Classifier.from_pretrained(preferred, task.subject), f"Model: `{preferred}`.")
+        return TaskModel(Classifier.from_pretrained(preferred, task.subject, device=device), f"Model: `{preferred}`.")
     except Exception as err:  # offline, not published yet, or a Hub error: all mean "try the local model"
         reason = f"{type(err).__name__}: {textwrap.shorten(str(err), 160)}"
     local = REPO_ROOT / task.local_fallback
@@ -101,7 +105,7 @@ def load_task_model(task: Task, requested: str | None = None) -> TaskModel:
         return TaskModel(None, note)
     logger.warning("%s: could not load %s (%s); using the local model %s", task.title, preferred, reason, local)
     note = f"Model: the local `{task.local_fallback}` (`{preferred}` could not be loaded)."
-    return TaskModel(Classifier.from_pretrained(str(local), task.subject), note)
+    return TaskModel(Classifier.from_pretrained(str(local), task.subject, device=device), note)
 
 
 def make_predict(task: Task, model: TaskModel):
@@ -283,17 +287,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to serve on the network")
     parser.add_argument("--server_port", type=int, default=None)
+    add_device_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as err:
+        raise SystemExit(f"space/app.py: error: {err}") from None
+    logger.info("serving on %s", device)
     configure_serving()
     models = {}
     for task in TASKS:
         try:
-            models[task.key] = load_task_model(task, getattr(args, task.flag))
+            models[task.key] = load_task_model(task, getattr(args, task.flag), device)
         except Exception as err:  # the model the user named: why it does not load, in one line
             raise SystemExit(
                 f"space/app.py: error: could not load the {task.title.lower()} model: "

@@ -77,3 +77,11 @@ def tiny_convnext(tmp_path_factory) -> str:
     ConvNextForImageClassification(config).save_pretrained(out)
     ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875).save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def no_accelerator(monkeypatch):
+    """torch finds no GPU, whatever this machine has: ``auto`` is the CPU and ``cuda`` is not there."""
+    import torch
+
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
@@ -212,3 +213,36 @@ def test_wilson_intervals_match_the_closed_form_for_a_known_sample_size():
 @pytest.mark.parametrize(("cap", "validation"), [(0.05, 30), (0.1, 30), (0.0, 30), (0.02, 50), (0.01, 100)])
 def test_a_smaller_in_domain_cap_needs_more_validation_photos(cap, validation):
     assert required_photos(cap) == {"validation": validation, "out_of_domain": 60}
+
+
+# ---------------------------------------------------------------- where the gate and the model run (issue 17, part 8)
+
+
+def all_keys(entry) -> set[str]:
+    """Every key of a JSON document, at any depth."""
+    if isinstance(entry, dict):
+        return set(entry) | {key for value in entry.values() for key in all_keys(value)}
+    return {key for value in entry for key in all_keys(value)} if isinstance(entry, list) else set()
+
+
+def test_calibrate_with_device_cpu_writes_a_calibration_json_that_records_no_device(tiny_convnext, tmp_path, capsys):
+    run = small_run(tmp_path, out_of_domain=2, model=tiny_convnext)
+    calibration_main([str(run), str(tmp_path / "other"), "--allow_small_samples", "--device", "cpu"])
+    saved = json.loads((run / CALIBRATION_FILE).read_text())
+    assert set(saved) == {"gate_backbone", "profile", "domain_threshold", "unsure_below", "report"}
+    assert not {key for key in all_keys(saved) if "device" in key}  # it serves the same on any machine
+    assert capsys.readouterr().out.startswith(f"calibration.json written to {run}.")
+
+
+def test_a_device_this_machine_lacks_exits_1_in_one_line_before_the_run_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)  # no GPU
+    with pytest.raises(SystemExit) as stop:
+        calibration_main([str(tmp_path / "run"), str(tmp_path / "other"), "--device", "cuda"])
+    assert stop.value.code == ("hf-model calibrate: error: --device cuda: this machine has no such device (present "
+                               "here: cpu); give one of those or auto")
+
+
+def test_calibrate_help_says_the_device_defaults_to_the_gpu_when_present(capsys):
+    with pytest.raises(SystemExit):
+        calibration_main(["--help"])
+    assert "auto (the default: a CUDA GPU when present" in " ".join(capsys.readouterr().out.split())

@@ -74,6 +74,7 @@ def test_self_training_trains_a_teacher_then_a_student_on_its_labels(tiny_convne
 
     def teacher_knows_the_colours(model_dir, dataset, **kwargs):  # what a good teacher answers, whatever it learned
         assert (Path(model_dir) / "model.safetensors").is_file()
+        assert kwargs["device"] == torch.device("cpu")  # the run's device (its GPU on a GPU machine)
         paths = dataset.cast_column("image", Image(decode=False))["image"]
         odd = np.array([int(Path(p["path"]).stem.split("_")[1]) % 2 for p in paths])
         return np.stack([np.where(odd, 0.95, 0.05), np.where(odd, 0.05, 0.95)], axis=1)  # odd numbers: Modern

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
+import torch
 from conftest import make_photo
 from datasets import ClassLabel, Dataset, Features, Image
 
 from hf_model.backbones import load_image_processor, load_model
-from hf_model.features import extract_features, features_dataset
+from hf_model.features import extract_features, feature_file_name, features_dataset
 from hf_model.transforms import build_eval_transform, build_train_transform
 
 
@@ -58,3 +59,21 @@ def test_features_dataset_spreads_views_into_rows():
     assert len(train) == 6 and train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert train[4]["features"].tolist() == features[1, 1].tolist()
     assert len(features_dataset(features, [0, 1], all_views=False)) == 2
+
+
+def test_dataloader_workers_give_the_same_augmented_views_as_the_main_process(photos, tiny_convnext, tmp_path):
+    model = load_model(tiny_convnext, ["x", "y"])
+    processor = load_image_processor(tiny_convnext, model.config, 32)
+    views = [build_eval_transform(processor),
+             build_train_transform(processor, 32, zoom=0.5, rotation=20, shift=0.1, shear=5, hflip=True,
+                                   brightness=0.3)]
+    in_process = extract_features(model, photos, views, tmp_path / "main", batch_size=2)
+    in_workers = extract_features(model, photos, views, tmp_path / "workers", batch_size=2, num_workers=2)
+    np.testing.assert_array_equal(in_process, in_workers)  # each view seeded by its photo, wherever it is made
+
+
+def test_features_computed_in_another_dtype_are_cached_apart():
+    digest = "0123456789abcdef0123456789abcdef01234567"
+    assert feature_file_name(digest, torch.float32) == f"{digest}.npy"  # float32 caches from before still load
+    assert feature_file_name(digest, torch.bfloat16) == f"{digest}.bfloat16.npy"
+    assert feature_file_name(digest, torch.float16) == f"{digest}.float16.npy"

@@ -7,13 +7,14 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_photo
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
 from PIL import Image
 
-from hf_model.predict import load_for_inference, main, predict_files, read_photo
+from hf_model.predict import class_probabilities, load_for_inference, main, predict_files, read_photo
 
 LABELS = ["cat", "dog", "owl"]
 # The model ignores the photo: logits are its bias (0, 1, 2), so every photo gets these probabilities.
@@ -292,3 +293,47 @@ def test_a_run_killed_while_writing_leaves_the_old_csv_and_no_half_one(model_dir
     assert stop.value.code == 130  # the shell's status for Ctrl-C
     assert output.read_text() == "the previous run's rows\n"
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left
+
+
+# ---------------------------------------------------------------- where the model runs (issue 17, part 8)
+
+
+
+def test_device_cpu_labels_the_photos_as_before(model_dir, tmp_path):
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    (row,) = predict(model_dir, tmp_path, str(photo), "--device", "cpu", "--top_k", "3")
+    assert row["label"] == "owl"
+    assert top_k(row) == pytest.approx(PROBS, abs=1e-3)
+
+
+def test_a_device_this_machine_lacks_exits_1_in_one_line_before_the_model_loads(model_dir, tmp_path, no_accelerator):
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    with pytest.raises(SystemExit) as stop:
+        main([str(model_dir), str(photo), "--device", "cuda", "--output", str(tmp_path / "out.csv")])
+    assert stop.value.code == ("hf-model predict: error: --device cuda: this machine has no such device (present here: "
+                               "cpu); give one of those or auto")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_malformed_device_is_a_usage_error(tmp_path, capsys):
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "no_model"), str(photo), "--device", "gpu"])
+    assert stop.value.code == 2
+    assert "argument --device: must be auto, cpu, cuda, cuda:N or mps, got 'gpu'" in capsys.readouterr().err
+
+
+def test_help_says_the_device_defaults_to_the_gpu_when_present(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--device DEVICE where the model runs: auto (the default: a CUDA GPU when present" in " ".join(
+        capsys.readouterr().out.split())
+
+
+def test_a_bfloat16_model_gives_float32_probabilities_close_to_its_float32_ones(tiny_convnext):
+    model, transform = load_for_inference(tiny_convnext, device="cpu")
+    photos = [Image.new("RGB", (48, 48), colour) for colour in [(200, 30, 30), (30, 30, 200)]]
+    expected = class_probabilities(model, transform, photos)
+    probabilities = class_probabilities(model.to(torch.bfloat16), transform, photos)  # photos cast to the model
+    assert probabilities.dtype == np.float32 and probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-3)  # bf16 keeps about 3 significant digits

@@ -27,6 +27,7 @@ from skimage import data as skimage_data
 from hf_model.adapters import ADAPTERS, adapter_for
 from hf_model.backbones import load_model, resolve_backbone
 from hf_model.calibration import calibrate, choose_threshold
+from hf_model.devices import DeviceError
 from hf_model.serving import (
     CALIBRATION_FILE,
     HEATMAP_SIDE,
@@ -39,6 +40,7 @@ from hf_model.serving import (
     domain_scores,
     grad_cam,
     load_gate,
+    model_input_image,
     open_photo,
     overlay_heatmap,
     percent,
@@ -465,3 +467,60 @@ def test_calibration_is_saved_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (tmp_path / CALIBRATION_FILE).read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == [CALIBRATION_FILE]
+
+
+# ---------------------------------------------------------------- devices and dtypes (issue 17, part 8)
+
+
+
+def test_a_classifier_on_the_cpu_gives_the_scores_of_the_transformers_pipeline(tiny_convnext):
+    from transformers import pipeline
+
+    classifier = Classifier.from_pretrained(tiny_convnext, device="cpu")
+    prediction = classifier.predict(photo(3), top_k=3)
+    expected = pipeline("image-classification", model=tiny_convnext, device=-1)(photo(3), top_k=3)
+    assert classifier.device == torch.device("cpu") and classifier.model.device == torch.device("cpu")
+    assert list(prediction.scores) == [e["label"] for e in expected]
+    assert list(prediction.scores.values()) == pytest.approx([e["score"] for e in expected], abs=1e-4)
+
+
+def test_a_bfloat16_model_still_gives_scores_and_a_heat_map(model_dir):
+    # on a GPU a model is often served in bf16: photos must be cast to it, and bf16 results read back as float32
+    from transformers import AutoModelForImageClassification
+
+    plain = Classifier.from_pretrained(str(model_dir), device="cpu")
+    bf16 = AutoModelForImageClassification.from_pretrained(model_dir).to(torch.bfloat16)
+    classifier = Classifier(bf16, plain.processor, device="cpu")
+    prediction = classifier.predict(photo(1), top_k=3, heatmap=True)
+    probabilities = classifier.probabilities([photo(1)])
+    assert prediction.heatmap.size == (HEATMAP_SIDE, HEATMAP_SIDE)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, plain.probabilities([photo(1)]), atol=0.01)  # bf16 keeps ~3 digits
+    labels = [classifier.labels[i] for i in np.argsort(-probabilities[0], kind="stable")[:3]]
+    assert set(prediction.scores) == set(labels)
+    assert list(prediction.scores.values()) == pytest.approx(sorted(probabilities[0], reverse=True)[:3], abs=0.01)
+
+
+def test_the_heat_map_photo_of_bfloat16_pixels_that_carry_gradients_is_that_of_their_float32_values(tiny_convnext):
+    processor = Classifier.from_pretrained(tiny_convnext, device="cpu").processor
+    pixels = torch.randn(3, 28, 28).to(torch.bfloat16)
+    shown = model_input_image(processor, pixels.clone().requires_grad_(True))  # as Grad-CAM differentiates them
+    assert shown.size == (28, 28)
+    assert np.array_equal(np.asarray(shown), np.asarray(model_input_image(processor, pixels.float())))
+
+
+def test_the_gate_runs_on_the_classifiers_device_and_is_shared_per_backbone_and_device(tiny_convnext, no_accelerator):
+    # the tiny model stands in for the ImageNet gate: any image classifier folder can be one
+    plain = Classifier.from_pretrained(tiny_convnext, device="cpu")
+    calibration = Calibration(tiny_convnext, [0.1] * 10, domain_threshold=0.0)
+    classifier = Classifier(plain.model, plain.processor, calibration, device="cpu")
+    assert classifier.gate is load_gate(tiny_convnext, "cpu") is load_gate(tiny_convnext)  # auto is the CPU here
+    assert classifier.gate.model.device == classifier.device == torch.device("cpu")
+    assert classifier.predict(photo()).domain_score == pytest.approx(0.1, abs=1e-5)  # p @ uniform profile
+
+
+def test_a_device_this_machine_lacks_is_refused_before_the_model_loads(tmp_path, no_accelerator):
+    with pytest.raises(DeviceError, match=r"^--device cuda: this machine has no such device \(present here: cpu\)"):
+        Classifier.from_pretrained(str(tmp_path / "not_even_a_model"), device="cuda")
+    with pytest.raises(DeviceError, match="^--device cuda:1: "):
+        load_gate("efficientnet-lite0", "cuda:1")

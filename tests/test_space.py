@@ -20,6 +20,7 @@ from gradio.route_utils import delete_files_created_by_app
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from hf_model.devices import DeviceError
 from hf_model.serving import Calibration, Classifier, open_photo, shown_scores
 from hf_model.training import main as train
 
@@ -367,3 +368,32 @@ def test_a_model_flag_that_does_not_load_stops_the_app_in_one_line_saying_why(tm
     assert stop.value.code == (f"space/app.py: error: could not load the bedroom style model: {tmp_path / 'photos'} "
                                "is a folder, but not a model folder: it holds no config.json (train.py --output_dir "
                                "does)")
+
+
+# ---------------------------------------------------------------- where the models run (issue 17, part 8)
+
+
+
+def test_the_models_run_on_the_device_flag_which_defaults_to_auto(tiny_convnext, no_accelerator):
+    assert app.parse_args([]).device == "auto" and app.parse_args(["--device", "cuda:1"]).device == "cuda:1"
+    model = app.load_task_model(app.TASKS[0], tiny_convnext, app.parse_args([]).device)
+    assert model.classifier.device == model.classifier.model.device == torch.device("cpu")  # auto without a GPU
+
+
+def test_a_device_the_machine_lacks_stops_the_app_in_one_line_before_any_model_loads(monkeypatch, no_accelerator):
+    app = load_app()
+    monkeypatch.setattr(app, "configure_serving", lambda: None)
+    monkeypatch.setattr(app, "load_task_model", lambda *args: pytest.fail("no model loads on a missing device"))
+    with pytest.raises(SystemExit) as stop:
+        app.main(["--device", "cuda"])
+    assert stop.value.code == ("space/app.py: error: --device cuda: this machine has no such device (present here: "
+                               "cpu); give one of those or auto")
+
+
+def test_a_device_the_machine_lacks_is_not_taken_for_a_hub_failure(tiny_convnext, monkeypatch, caplog,
+                                                                   no_accelerator):
+    monkeypatch.delenv("BEDROOM_MODEL", raising=False)
+    task = dataclasses.replace(app.TASKS[0], local_fallback=tiny_convnext)  # a fallback that would load
+    with pytest.raises(DeviceError, match="^--device cuda: "):
+        app.load_task_model(task, None, "cuda")
+    assert not [r.getMessage() for r in caplog.records if r.name == "space"]  # no "could not load ...; using local"

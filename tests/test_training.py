@@ -216,8 +216,11 @@ def test_data_parallel_with_two_cpu_processes(image_folder, tiny_convnext, tmp_p
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads(next(out.glob("checkpoint-*/trainer_state.json")).read_text())
-    # 12 training photos, batch 8 per process, 2 processes: one step per epoch instead of two
-    assert state["max_steps"] == 2
+    # 12 training photos, batch 8 as on one device: 4 per process, so two steps per epoch as on one process
+    assert state["max_steps"] == 4
+    record = json.loads((out / "hf_model_config.json").read_text())
+    assert (record["devices"], record["global_batch_size"]) == (2, 8)
+    assert "2 devices (2 processes): 4 photos per device, so the global batch stays 8" in done.stderr
     assert (out / "all_results.json").is_file()
     assert done.stdout.count("Done in") == 1  # only the main process prints the summary
 
