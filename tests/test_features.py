@@ -16,12 +16,17 @@ def photos(tmp_path):
                              features=Features({"image": Image(), "label": ClassLabel(names=["x", "y"])}))
 
 
-def test_features_are_cached_per_photo_and_reused(photos, tiny_convnext, tmp_path):
+def plain_and_augmented(tiny_convnext: str):
+    """The tiny ConvNeXt and two views of a photo: as it is, and augmented."""
     model = load_model(tiny_convnext, ["x", "y"])
     processor = load_image_processor(tiny_convnext, model.config, 32)
-    views = [build_eval_transform(processor),
-             build_train_transform(processor, 32, zoom=0.5, rotation=20, shift=0.1, shear=5, hflip=True,
-                                   brightness=0.3)]
+    return model, [build_eval_transform(processor),
+                   build_train_transform(processor, 32, zoom=0.5, rotation=20, shift=0.1, shear=5, hflip=True,
+                                         brightness=0.3)]
+
+
+def test_features_are_cached_per_photo_and_reused(photos, tiny_convnext, tmp_path):
+    model, views = plain_and_augmented(tiny_convnext)
     first = extract_features(model, photos, views, tmp_path / "cache")
     assert first.shape == (5, 2, 16)  # photos, views, pooled feature size of the tiny ConvNeXt
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 5
@@ -62,11 +67,7 @@ def test_features_dataset_spreads_views_into_rows():
 
 
 def test_dataloader_workers_give_the_same_augmented_views_as_the_main_process(photos, tiny_convnext, tmp_path):
-    model = load_model(tiny_convnext, ["x", "y"])
-    processor = load_image_processor(tiny_convnext, model.config, 32)
-    views = [build_eval_transform(processor),
-             build_train_transform(processor, 32, zoom=0.5, rotation=20, shift=0.1, shear=5, hflip=True,
-                                   brightness=0.3)]
+    model, views = plain_and_augmented(tiny_convnext)
     in_process = extract_features(model, photos, views, tmp_path / "main", batch_size=2)
     in_workers = extract_features(model, photos, views, tmp_path / "workers", batch_size=2, num_workers=2)
     np.testing.assert_array_equal(in_process, in_workers)  # each view seeded by its photo, wherever it is made
