@@ -14,6 +14,9 @@ Like fastai's ``model_meta[arch]``: supporting a new architecture is one entry i
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -77,6 +80,13 @@ class Adapter:
     def name_classes(self, model: nn.Module, labels: list[str]) -> None:
         """Make the saved config name ``labels``; HF-native configs do with ``id2label`` alone."""
 
+    def portable_config(self, config: dict) -> dict:
+        """A saved ``config.json`` (as a dict) as it should be published: what other tools read right.
+
+        HF-native configs already name their classes in ``id2label``: returned as they are.
+        """
+        return config
+
 
 class TimmWrapperAdapter(Adapter):
     """Any timm model inside ``TimmWrapperForImageClassification``; timm's own metadata does the work."""
@@ -116,6 +126,30 @@ class TimmWrapperAdapter(Adapter):
         # note: TimmWrapperConfig saves the label_names it was loaded with and reads them back before id2label,
         # so a backbone that had classes (a timm Hub model, one of our runs) would name the new ones wrongly
         model.config.label_names = list(labels)
+
+    def portable_config(self, config: dict) -> dict:
+        """The classes as ``id2label`` / ``label2id`` for transformers and in ``pretrained_cfg`` for timm.
+
+        ``TimmWrapperConfig`` keeps the ``label_names`` it was loaded with and saves them again (transformers 5.24),
+        so the standard recipe for new classes (``AutoConfig.from_pretrained(dir, num_labels=3, id2label=...)``,
+        then ``save_pretrained``) would write the old names, and the new model would answer ``LABEL_0``. Without a
+        top-level ``label_names`` the file loads ``id2label`` like any transformers config and saves the new names;
+        timm (``create_model("hf-hub:...")``) reads the names from ``pretrained_cfg``. A ``model_args`` of ``null``
+        is left out: timm 1.0 reads it as a dict.
+        """
+        from timm.data import infer_imagenet_subset
+
+        config = dict(config)
+        if config.get("model_args", {}) is None:
+            del config["model_args"]
+        if infer_imagenet_subset(config):  # 1000 (or 11k, 21k) classes: without label_names, ImageNet's would load
+            return config
+        names = config.pop("label_names", None)
+        if names is not None:
+            config["id2label"] = {str(i): name for i, name in enumerate(names)}
+            config["label2id"] = {name: i for i, name in enumerate(names)}
+            config["pretrained_cfg"] = {**config.get("pretrained_cfg", {}), "label_names": names}
+        return config
 
     def set_image_size(self, model: nn.Module, image_size: int) -> None:
         # note: assign a new dict; the saved config.json (and so pipeline()) reads pretrained_cfg
@@ -189,3 +223,14 @@ def _unmerged(matcher):
         return [(regex, (*suffix, 0) if suffix == MATCH_PREV_GROUP else suffix) for regex, suffix in spec]
 
     return {name: unmerge(spec) for name, spec in matcher.items()}
+
+
+def write_portable_config(folder: str | Path) -> None:
+    """Rewrite ``folder/config.json`` as :meth:`Adapter.portable_config` says (atomically; unchanged files stay)."""
+    from hf_model.atomic import write_json_atomic
+
+    path = Path(folder) / "config.json"
+    raw = json.loads(path.read_text())
+    portable = adapter_for(raw.get("model_type", "")).portable_config(raw)
+    if portable != raw:
+        write_json_atomic(path, portable)

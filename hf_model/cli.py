@@ -16,6 +16,7 @@ EXIT_STATUSES = (exit_statuses("the command did its job", "it could not (its las
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("hf_model.training:main", "fine-tune a backbone on a folder or Hub dataset (same as train.py)"),
     "predict": ("hf_model.predict:main", "label photos with a trained model folder or Hub id"),
+    "export": ("hf_model.export:main", "write model.onnx beside the weights, checked against PyTorch (fast serving)"),
     "calibrate": ("hf_model.calibration:main", "choose when the model says 'not a bedroom' / 'unsure' (for the Space)"),
     "label-issues": ("hf_model.label_issues:main", "list the labeled photos most likely mislabeled (cleanlab)"),
     "study": ("hf_model.study:main", "cross-validate a grid of backbones, sizes, imbalance settings and heads; "

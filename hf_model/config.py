@@ -100,6 +100,9 @@ class TrainConfig:
     head_patience: int = field(default=10, metadata={"help": "stage 1 early-stopping patience in epochs"})
     head_dropout: float = field(default=0.2, metadata={"help": "dropout before the head in stage 1"})
     feature_cache: bool = field(default=True, metadata={"help": "stage 1 on cached backbone features (fast)"})
+    export: str = field(default="onnx", metadata={
+        "help": "at the end of training, write model.onnx beside the weights (checked against PyTorch first), which "
+                "hf-model predict and the demo serve faster on a CPU; none to skip", "choices": ["onnx", "none"]})
     feature_views: int = field(default=1, metadata={
         "help": "views per photo the head learns from: 1 plain, the rest augmented (more views did not help on "
                 "either task in cross-validation; README, Results)"})

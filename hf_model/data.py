@@ -278,13 +278,49 @@ def read_birds_csv(data_dir: str | Path) -> LabeledFiles:
         rows = list(csv.DictReader(f))
     if not rows or not {"filepaths", "labels"} <= set(rows[0]):
         raise DataError(f"{path}: expected columns 'filepaths' and 'labels' in the header")
-    class_names = sorted({row["labels"].strip() for row in rows})
-    index = {name: i for i, name in enumerate(class_names)}
+    source_names = sorted({row["labels"].strip() for row in rows})  # the class ids of the Kaggle names' order
+    index = {name: i for i, name in enumerate(source_names)}
     listed = [LabelRow(f"{path.name}:{line}", row["filepaths"].strip(), row["labels"].strip())
               for line, row in enumerate(rows, start=2)]
     here = _skip_missing(listed, root, {row.file for row in listed if (root / row.file).is_file()})
     return LabeledFiles([str(root / row.file) for row in here], [index[row.label] for row in here],
-                        class_names, [], f"{path.name} ({len(class_names)} species)")
+                        [natural_case(name) for name in source_names], [],
+                        f"{path.name} ({len(source_names)} species)")
+
+
+def birds_source_names(data_dir: str | Path) -> list[str]:
+    """The species as ``birds.csv`` writes them (``AFRICAN CROWNED CRANE``), in class-id order: what a published
+    copy of the dataset keeps, where :func:`read_birds_csv` gives people :func:`natural_case` names."""
+    with (Path(data_dir) / "birds.csv").open(newline="", encoding="utf-8-sig") as f:
+        return sorted({row["labels"].strip() for row in csv.DictReader(f)})
+
+
+def natural_case(name: str) -> str:
+    """A class name as people write it: ``AFRICAN CROWNED CRANE`` -> ``African Crowned Crane``.
+
+    Only a name written all in capitals changes (any lower-case letter means the dataset chose its case). Each
+    word starts with a capital; after a hyphen it stays lower case, as bird names are written (``Black-throated
+    Sparrow``, ``Carmine Bee-eater``), unless a single letter comes before the hyphen (``D-ARNAUDS`` ->
+    ``D-Arnauds``, an elided ``D'``); after an apostrophe it stays lower case (``ABBOTT'S`` -> ``Abbott's``, where
+    ``str.title`` gives ``Abbott'S``); ``&`` and other signs are kept as they are. Joining words stay lower case
+    after the first word (``COCK OF THE ROCK`` -> ``Cock of the Rock``, ``CHARA DE COLLAR`` -> ``Chara de Collar``).
+    """
+    if not name.isupper():
+        return name
+    first, *rest = name.lower().split(" ")
+    return " ".join([_natural_word(first), *(w if w in JOINING_WORDS else _natural_word(w) for w in rest)])
+
+
+JOINING_WORDS = frozenset({"a", "an", "and", "at", "de", "del", "der", "di", "du", "in", "la", "of", "on", "or", "the",
+                           "van", "von"})  # lower case inside a name, as English and common names write them
+
+
+def _natural_word(word: str) -> str:
+    parts = word.split("-")
+    cased = [parts[0][:1].upper() + parts[0][1:]]
+    for before, part in zip(parts, parts[1:]):
+        cased.append(part[:1].upper() + part[1:] if len(before) == 1 else part)
+    return "-".join(cased)
 
 
 def _skip_missing(rows: list[LabelRow], root: Path, present: set[str]) -> list[LabelRow]:
@@ -911,22 +947,149 @@ def _hash_one(item) -> tuple[int, int] | Exception:
 
 
 def near_duplicate_groups(hashes: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS) -> np.ndarray:
-    """Connected components of the 'near-duplicate' relation: one group id per photo."""
+    """Connected components of the 'near-duplicate' relation: one group id per photo, shape (n,).
+
+    Two photos are near-duplicates when each of their hashes (the columns of ``hashes``, an (n, k) uint64 array:
+    pHash and dHash) differs in at most ``max_bits`` bits. Groups are numbered 0, 1, ... in the order of their
+    first photo, as :func:`scipy.sparse.csgraph.connected_components` numbers them.
+
+    Identical hashes are merged first; the rest are searched by multi-index hashing (Norouzi, Punjani and Fleet,
+    "Fast search in Hamming space with multi-index hashing", CVPR 2012): cut each 64-bit hash into
+    ``max_bits + 1`` bands; by the pigeonhole principle two hashes within ``max_bits`` bits agree exactly on at
+    least one band of each hash. Only photos that share a band of each hash are compared, in vector steps: for
+    random hashes about 1 pair in 24, so 50,000 photos take about 4 s on 2 CPU cores where comparing every pair
+    took about 30 s, in flat memory (benchmarks/bench_scale.py). Sorting the 121 band tables grows as n log n and
+    dominates up to some 10,000 photos; beyond, the pairs compared (about n**2 / 48) do. Hashes crowded into a
+    few bands (thousands of near-copies) fall back to comparing every pair, never costing much more than that did.
+
+    Raises:
+        ValueError: ``max_bits`` is not in 0..63.
+    """
+    if not 0 <= max_bits < 64:
+        raise ValueError(f"max_bits={max_bits}: near-duplicate hashes differ in 0 to 63 of their 64 bits")
+    unique, photo_hash = np.unique(np.asarray(hashes, dtype=np.uint64), axis=0, return_inverse=True)
+    component = _components(len(unique), _close_pairs(unique, max_bits))
+    return _numbered_by_first_photo(component[photo_hash.reshape(-1)])
+
+
+def _close_pairs(hashes: np.ndarray, max_bits: int) -> Iterable[np.ndarray]:
+    """(p, 2) batches of index pairs of distinct rows of ``hashes`` whose every column is within ``max_bits`` bits.
+
+    By band tables when they propose fewer pairs than there are, else by comparing every pair.
+    """
+    columns = [np.ascontiguousarray(column) for column in hashes.T]
+    proposed = sum(_pairs_sharing_a_key(keys) for keys in _band_keys(columns, max_bits))
+    if proposed > len(hashes) * (len(hashes) - 1) // 2:  # crowded bands: thousands of near-copies
+        yield from _close_pairs_all(hashes, max_bits)
+        return
+    for keys in _band_keys(columns, max_bits):
+        yield from _close_pairs_sharing_a_key(columns, keys, max_bits)
+
+
+def _band_keys(columns: list[np.ndarray], max_bits: int) -> Iterable[np.ndarray]:
+    """One key per row for each choice of one band of each column: rows within ``max_bits`` share a key somewhere.
+
+    The bands of a choice are mixed into one 64-bit key (multiplying by the golden-ratio constant, Knuth's
+    multiplicative hashing): a rare collision of two different choices only proposes a pair that is then checked.
+    """
+    bands = [_bands(column, max_bits + 1) for column in columns]
+    for choice in np.ndindex(*[max_bits + 1] * len(columns)):
+        keys = np.zeros(len(columns[0]), dtype=np.uint64)
+        for column_bands, band in zip(bands, choice):
+            keys = keys * np.uint64(0x9E3779B97F4A7C15) + column_bands[band]
+        yield keys
+
+
+def _bands(column: np.ndarray, count: int) -> list[np.ndarray]:
+    """The bits of a hash column cut into ``count`` bands, each band's bits read as one number per row.
+
+    Only bits that vary are cut: one every hash shares (pHash's DC bit is always set) never tells two apart,
+    and leaving it out makes the bands that would hold it as selective as the rest.
+    """
+    varying = int(np.bitwise_or.reduce(column ^ column[:1]))
+    positions = np.array([bit for bit in range(64) if varying >> bit & 1], dtype=np.uint64)
+    bands = []
+    for bits in np.array_split(positions, count):
+        value = np.zeros(len(column), dtype=np.uint64)
+        for i, bit in enumerate(bits):
+            value |= ((column >> bit) & np.uint64(1)) << np.uint64(i)
+        bands.append(value)
+    return bands
+
+
+def _pairs_sharing_a_key(keys: np.ndarray) -> int:
+    """How many pairs of rows share a key."""
+    sizes = np.unique(keys, return_counts=True)[1]
+    return int(np.sum(sizes * (sizes - 1) // 2))
+
+
+def _close_pairs_sharing_a_key(columns: list[np.ndarray], keys: np.ndarray, max_bits: int) -> Iterable[np.ndarray]:
+    """(p, 2) batches of the close pairs among rows that share a key.
+
+    With the rows sorted by key, row i meets row i + d for d = 1, 2, ... while both share a key: each pair
+    once, in vector steps of at most len(keys) pairs.
+    """
+    order = np.argsort(keys)
+    keys, columns = keys[order], [column[order] for column in columns]
+    first = np.flatnonzero(keys[1:] == keys[:-1])
+    for step in range(1, len(keys)):
+        if not len(first):
+            return
+        close = np.ones(len(first), dtype=bool)
+        for column in columns:
+            close &= np.bitwise_count(column[first] ^ column[first + step]) <= max_bits
+        yield np.stack([order[first[close]], order[first[close] + step]], axis=1)
+        first = first[first + step + 1 < len(keys)]
+        first = first[keys[first] == keys[first + step + 1]]
+
+
+def _close_pairs_all(hashes: np.ndarray, max_bits: int, block: int = 256) -> Iterable[np.ndarray]:
+    """Every close pair, found by comparing each row with every later row, ``block`` rows at a time."""
+    for start in range(0, len(hashes), block):
+        rows = hashes[start:start + block]
+        close = np.ones((len(rows), len(hashes) - start), dtype=bool)
+        for k in range(hashes.shape[1]):
+            close &= np.bitwise_count(rows[:, k, None] ^ hashes[None, start:, k]) <= max_bits
+        i, j = np.nonzero(close)
+        yield np.stack([i + start, j + start], axis=1)
+
+
+def _components(n: int, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """Each of ``n`` rows' lowest connected row, the edges given as (p, 2) batches of pairs.
+
+    Edges are joined whenever n of them wait, and joined rows are kept as one edge per row, so memory stays
+    linear in n however many edges come.
+    """
+    component = np.arange(n)
+    waiting: list[np.ndarray] = []
+    count = 0
+    for pairs in batches:
+        waiting.append(pairs)
+        count += len(pairs)
+        if count >= n:
+            component, waiting, count = _joined(component, np.concatenate(waiting)), [], 0
+    return _joined(component, np.concatenate(waiting)) if count else component
+
+
+def _joined(component: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``component`` (each row's lowest connected row) after also connecting the (p, 2) ``pairs``."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    n = len(hashes)
-    rows, cols = [], []
-    for start in range(0, n, 1024):  # chunks keep the pairwise table small for big folders
-        block = hashes[start:start + 1024]
-        close = np.ones((len(block), n), dtype=bool)
-        for k in range(hashes.shape[1]):
-            close &= np.bitwise_count(block[:, k, None] ^ hashes[None, :, k]) <= max_bits
-        r, c = np.nonzero(close)
-        rows.append(r + start)
-        cols.append(c)
-    graph = coo_matrix((np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    n = len(component)
+    rows = np.r_[np.arange(n), pairs[:, 0]]
+    cols = np.r_[component, pairs[:, 1]]
+    graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))  # repeated edges: still True
+    labels = connected_components(graph, directed=False)[1]  # numbered in the order of each group's lowest row
+    return np.unique(labels, return_index=True)[1][labels]
+
+
+def _numbered_by_first_photo(group: np.ndarray) -> np.ndarray:
+    """Group ids renumbered 0, 1, ... in the order each group first appears in ``group``."""
+    _, first, index = np.unique(group, return_index=True, return_inverse=True)
+    rank = np.empty_like(first)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[index.reshape(-1)]
 
 
 def stratified_group_split(

@@ -33,15 +33,16 @@ import numpy as np
 from huggingface_hub import DatasetCard, HfApi, ModelCard, SpaceCard, get_token
 from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-from hf_model.adapters import adapter_for
+from hf_model.adapters import adapter_for, write_portable_config
 from hf_model.atomic import write_json_atomic
-from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TrainConfig, load_run_config
+from hf_model.config import DEFAULT_SEED, DEFAULT_SPLIT_FRACTIONS, RUN_CONFIG_FILE, TOP_K, TrainConfig, load_run_config
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.images import list_images
 from hf_model.public_paths import LocalPaths, is_hub_repo_id
-from hf_model.reports import write_run_card
+from hf_model.reports import model_files, write_run_card
 from hf_model.run_folder import require_finished
 from hf_model.serving import CALIBRATION_FILE
+from hf_model.snippets import point_at_repo
 from hf_model.space_tasks import MAX_EXAMPLES, TASKS
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ MODEL_FILE_PATTERNS = (
     "config.json", "*.safetensors", "model.safetensors.index.json", "preprocessor_config.json",
     "README.md", "*_results.json", "hf_model_config.json", "*.png",
     CALIBRATION_FILE,  # the Space's out-of-domain threshold (hf-model calibrate)
+    "*.onnx",  # hf-model export: the graph the Space serves with ONNX Runtime
 )
 # the files of a model repo hf-model writes itself (not transformers'), published without the machine's paths
 OWN_JSON_FILES = (RUN_CONFIG_FILE, CALIBRATION_FILE, "*_results.json")
@@ -271,6 +273,7 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
         target = out / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)  # copyfile, not copy2: the files get ordinary permissions
+    write_portable_config(out)  # a folder trained before it was written so: classes as id2label
     if adapter_for(config).saves_processor and not (out / "preprocessor_config.json").is_file():
         processor.save_pretrained(out)  # timm_wrapper keeps it in config.json and refuses save_pretrained
     paths = published_paths(source)
@@ -294,7 +297,9 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     card.data.library_name = card.data.library_name or "transformers"
     card.data.pipeline_tag = card.data.pipeline_tag or "image-classification"
     if repo_id:  # the card was written at training time, when the model lived in a local folder
-        card.text = PIPELINE_SNIPPET.sub(f'pipeline("image-classification", model="{repo_id}")', card.text)
+        pointed = point_at_repo(card.text, repo_id, top_k=min(TOP_K, len(labels)), **model_files(out))
+        card.text = pointed if pointed is not None else PIPELINE_SNIPPET.sub(  # a card from before the usage section
+            f'pipeline("image-classification", model="{repo_id}")', card.text)
     card.text = paths.cut(card.text)  # a hand-written card's too: the machine's folders stay home
     card.save(card_path)
     return out
@@ -351,7 +356,9 @@ def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequ
     and tested on, unreadable photos skipped as they were) or a photo folder (split with ``split_fractions``
     and ``seed``; ``skip_bad_images`` leaves unreadable photos out instead of raising ``BadImageError``).
     """
-    from hf_model.data import detect_layout, load_data
+    from datasets import ClassLabel
+
+    from hf_model.data import birds_source_names, detect_layout, load_data
 
     if (Path(source) / RUN_CONFIG_FILE).is_file():
         record = load_run_config(source)
@@ -368,7 +375,10 @@ def load_dataset_to_publish(source: str, card: str | None, split_fractions: Sequ
                          "pass --card with its dataset card")
     if not card_path.is_file():
         raise FileNotFoundError(f"no dataset card at {card_path}: write one (see datasets_cards/) and pass --card")
-    return load_data(cfg, seed, fold), card_path
+    data = load_data(cfg, seed, fold)
+    if cfg.data_dir and detect_layout(cfg.data_dir) == "birds":  # the published dataset keeps Kaggle's names
+        data = data.cast_column("label", ClassLabel(names=birds_source_names(cfg.data_dir)))
+    return data, card_path
 
 
 def export_dataset_repo(dataset_dict, card_path: str | Path, out_dir: str | Path,

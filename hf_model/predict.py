@@ -3,29 +3,50 @@
 ``hf-model predict runs/bedrooms photos/ --output predictions.csv`` writes one row per photo
 with its top labels; unreadable files and files that are not images get a row saying why, in place,
 instead of stopping the run. It exits non-zero when no photo at all could be labeled.
+
+Fast: a model folder's exported graph (``model.onnx``, ``hf-model export``) runs in ONNX Runtime when it is up to
+date, else PyTorch; photos are decoded and preprocessed (:func:`hf_model.runtime.lean_preprocessing`) in worker
+threads (Pillow and numpy release the GIL) a few batches ahead of the model, which takes ``--batch_size`` at a
+time; a progress bar goes to stderr when it is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from hf_model.atomic import atomic_write
-from hf_model.backbones import NotAModelError, load_image_processor, not_a_model_reason
+from hf_model.backbones import NotAModelError, class_names, load_config, load_image_processor, not_a_model_reason
 from hf_model.devices import Device, add_device_argument, input_device_and_dtype, resolve_device
 from hf_model.exit_status import UserInputError, command, exit_statuses
 from hf_model.flags import whole_number
 from hf_model.images import IMAGE_SUFFIXES, list_images, open_image, skipped_files
+from hf_model.runtime import (
+    ONNX_FILE,
+    OnnxModel,
+    Preprocess,
+    TorchModel,
+    input_size,
+    lean_preprocessing,
+    load_exported,
+)
 from hf_model.transforms import build_eval_transform, test_time_views, to_rgb
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def load_for_inference(source: str, device: Device = None):
@@ -131,34 +152,104 @@ def unreadable_reason(err: Exception) -> str:
     return f"not a readable image ({type(err).__name__}: {err})"
 
 
+@dataclass(frozen=True)
+class Labeler:
+    """What batch prediction runs: the class names, the preprocessing of one photo, and the model."""
+
+    labels: list[str]
+    preprocess: Preprocess  # one photo -> (3, H, W) float32
+    model: OnnxModel | TorchModel  # the exported graph, or PyTorch
+
+    @classmethod
+    def from_torch(cls, model: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor]) -> Labeler:
+        """A loaded PyTorch ``model`` and its per-photo ``transform`` (:func:`load_for_inference`'s pair)."""
+        return cls(class_names(model.config), lambda image: transform(image).float().numpy(), TorchModel(model))
+
+
+def load_labeler(source: str, device: Device = None) -> Labeler:
+    """A model folder or Hub id ready to label photos: its exported graph in ONNX Runtime when the folder has an
+    up-to-date one (:func:`hf_model.runtime.load_exported`), else the PyTorch model (:func:`load_for_inference`).
+
+    Raises :class:`~hf_model.devices.DeviceError` first for a ``device`` this machine does not have, and
+    :class:`NotAModelError` saying in one line why ``source`` is not a model.
+    """
+    device = resolve_device(device)
+    config = load_config(source)  # NotAModelError with the reason
+    try:
+        preprocess = lean_preprocessing(load_image_processor(source, config))
+    except (OSError, ValueError) as err:
+        raise NotAModelError(not_a_model_reason(source, err)) from err
+    graph = (load_exported(source, device, input_size(preprocess), config.num_labels) if Path(source).is_dir()
+             else None)
+    if device.type == "cpu" and Path(source).is_dir() and not (Path(source) / ONNX_FILE).is_file():
+        print(f"note: {source} has no exported graph ({ONNX_FILE}), so PyTorch labels the photos; `hf-model export "
+              f"{source}` makes this several times faster", file=sys.stderr)  # a stale one: load_exported warns
+    model = graph or TorchModel(load_or_explain(source, device)[0])
+    return Labeler(class_names(config), preprocess, model)
+
+
 def predict_files(model, transform, files: list[Path], top_k: int = 1, batch_size: int = 16) -> Iterator[dict]:
+    """:func:`label_files` with a loaded PyTorch ``model`` and its per-photo ``transform`` (:func:`load_for_inference`).
+    """
+    return label_files(Labeler.from_torch(model, transform), files, top_k, batch_size)
+
+
+def label_files(labeler: Labeler, files: list[Path], top_k: int = 1, batch_size: int = 16,
+                workers: int | None = None) -> Iterator[dict]:
     """Yield ``{"file", "predictions"}`` (top-k ``{"label", "score"}``, best first) or ``{"file", "error"}``.
 
     One row per file, in the order given; a file that cannot be read gets its :func:`unreadable_reason`.
+    ``workers`` threads (default: the CPUs this process may use) decode and preprocess the photos, at most two
+    batches ahead of the model, which scores ``batch_size`` photos at a time.
     """
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    for start in range(0, len(files), batch_size):
-        rows: list[dict] = []
-        images = []
-        for path in files[start:start + batch_size]:
-            try:
-                images.append(read_photo(path))
-                rows.append({"file": str(path)})
-            except Exception as err:  # a bad file is reported, the rest still get labels
-                rows.append({"file": str(path), "error": unreadable_reason(err)})
-        probs = iter(class_probabilities(model, transform, images, batch_size=batch_size) if images else [])
-        for row in rows:  # in the order given, errors included
-            if "error" not in row:
+    from hf_model.serving import available_cpus
+
+    def decoded(path: Path) -> np.ndarray | str:
+        try:
+            return labeler.preprocess(read_photo(path))
+        except Exception as err:  # a bad file is reported, the rest still get labels
+            return unreadable_reason(err)
+
+    with (ThreadPoolExecutor(workers or available_cpus(), thread_name_prefix="decode") as pool,
+          contextlib.closing(prefetched(pool, decoded, files, ahead=2 * batch_size)) as photos):
+        for start in range(0, len(files), batch_size):
+            batch = [next(photos) for _ in files[start:start + batch_size]]
+            pixels = [photo for photo in batch if not isinstance(photo, str)]
+            probs = iter(labeler.model.probabilities(np.stack(pixels)) if pixels else [])
+            for path, photo in zip(files[start:start + batch_size], batch):  # in the order given, errors included
+                if isinstance(photo, str):
+                    yield {"file": str(path), "error": photo}
+                    continue
                 scores = next(probs)
                 best = np.argsort(-scores, kind="stable")[:top_k]
-                row["predictions"] = [{"label": labels[i], "score": float(scores[i])} for i in best]
-            yield row
+                yield {"file": str(path),
+                       "predictions": [{"label": labeler.labels[i], "score": float(scores[i])} for i in best]}
 
 
-def label_entries(model, transform, entries: list[tuple[Path, str | None]], top_k: int,
+def prefetched(pool: ThreadPoolExecutor, fn: Callable[[Item], Result], items: Iterable[Item],
+               ahead: int) -> Iterator[Result]:
+    """``map(fn, items)`` run in ``pool``, in order, with at most ``ahead`` calls submitted beyond the one awaited.
+
+    ``Executor.map`` would submit every item at once and hold all the results (every decoded photo) in memory.
+    When the consumer stops (an error, Ctrl-C), the calls not yet started are cancelled.
+    """
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def label_entries(labeler: Labeler, entries: list[tuple[Path, str | None]], top_k: int,
                   batch_size: int) -> Iterator[dict]:
-    """:func:`predict_files` over the entries to label; skipped ones get ``{"file", "error": "skipped: ..."}``."""
-    labeled = predict_files(model, transform, [path for path, reason in entries if reason is None], top_k, batch_size)
+    """:func:`label_files` over the entries to label; skipped ones get ``{"file", "error": "skipped: ..."}``."""
+    labeled = label_files(labeler, [path for path, reason in entries if reason is None], top_k, batch_size)
     for path, reason in entries:
         yield next(labeled) if reason is None else {"file": str(path), "error": f"skipped: {reason}", "skipped": True}
 
@@ -224,12 +315,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         refuse_to_overwrite(Path(args.output), [file for file, _ in entries], args.model)
 
-    model, transform = load_or_explain(args.model, args.device)
-    top_k = min(args.top_k, model.config.num_labels)
+    labeler = load_labeler(args.model, args.device)
+    top_k = min(args.top_k, len(labeler.labels))
     if top_k < args.top_k:
         print(f"note: --top_k {args.top_k} is more than the model's {top_k} classes; listing all {top_k}",
               file=sys.stderr)
-    rows = label_entries(model, transform, entries, top_k, args.batch_size)
+    rows = tqdm(label_entries(labeler, entries, top_k, args.batch_size), total=len(entries), unit="photo",
+                file=sys.stderr, disable=None, desc="labeling")  # disable=None: no bar unless stderr is a terminal
     if args.output:
         with atomic_write(args.output, newline="") as out:  # a killed run leaves no half CSV under the real name
             counts = write_rows(out, rows)

@@ -29,6 +29,7 @@ from hf_model.atomic import atomic_write, write_json_atomic
 from hf_model.backbones import base_model_id
 from hf_model.config import TOP_K, RunRecord
 from hf_model.public_paths import LocalPaths, is_hub_repo_id, path_name
+from hf_model.snippets import usage_section
 from hf_model.temperature import RELIABILITY_PNG, plot_reliability_diagram
 from hf_model.transforms import to_rgb
 
@@ -297,12 +298,7 @@ CARD_TEMPLATE = """---
 
 ## How to use
 
-```python
-from transformers import pipeline
-
-classifier = pipeline("image-classification", model="{{ model_id }}")
-classifier("photo.jpg", top_k={{ top_k }})
-```
+{{ usage }}
 
 ## Results on the test split
 
@@ -340,6 +336,14 @@ Labels: {{ label_source }}.
 {% for limit in limits %}
 - {{ limit }}{% endfor %}
 """
+
+
+def model_files(model_dir: str | Path) -> dict[str, bool]:
+    """Which clients a model folder serves besides transformers: ``timm`` (a timm model behind ``timm_wrapper``,
+    its weights timm's own) and ``onnx`` (it holds ``model.onnx``)."""
+    config = Path(model_dir) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return {"timm": model_type == "timm_wrapper", "onnx": (Path(model_dir) / "model.onnx").is_file()}
 
 
 def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset: str | None, metrics: dict,
@@ -380,9 +384,10 @@ def write_model_card(output_dir: str | Path, *, base_model: str | None, dataset:
         eval_results=eval_results(metrics, hub_dataset),
     )
     card = ModelCard.from_template(
-        card_data, template_str=CARD_TEMPLATE, model_name=model_name, model_id=model_id or str(output_dir),
+        card_data, template_str=CARD_TEMPLATE, model_name=model_name,
+        usage=usage_section(model_id or str(output_dir), on_hub=bool(model_id), top_k=min(TOP_K, len(label_names)),
+                            **model_files(output_dir)),
         summary=_summary(base_model, _data_phrase(hub_dataset, folder, split_sizes), label_names),
-        top_k=min(TOP_K, len(label_names)),
         results_table=results_table(metrics, count_test_photos(metrics, split_sizes), len(label_names)),
         provenance=provenance,
         per_class_table=per_class_table(metrics.get("test_per_class", {})), label_source=label_source,

@@ -36,7 +36,7 @@ RECIPE_ARGS = ("seed", "learning_rate", "num_train_epochs", "max_steps", "per_de
                "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps",
                "label_smoothing_factor")
 # TrainConfig fields that change neither the photos nor the model (a preset's values are in the other fields)
-NOT_RECIPE = ("resume", "preset", "preset_file", "cache_dir")
+NOT_RECIPE = ("resume", "preset", "preset_file", "cache_dir", "export")
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint
 STAGING_DIR = ".saving-model"  # the final model is saved here, then renamed file by file into the folder
 
@@ -241,7 +241,8 @@ def previous_run_leftovers(output_dir: Path) -> list[Path]:
     """What a previous run in ``output_dir`` left that would leak into a new one: checkpoints, results, staging."""
     stale = [*output_dir.glob("checkpoint-*"), output_dir / "stage1", *output_dir.glob("*results.json"),
              output_dir / "log_history.json", output_dir / "calibration.json", output_dir / STAGING_DIR,
-             *output_dir.glob("label_issues.*")]  # hf-model label-issues' csv and png judged the old model
+             *output_dir.glob("label_issues.*"),  # hf-model label-issues' csv and png judged the old model
+             output_dir / "model.onnx"]  # the old model's graph (serving would skip it as stale, with a warning)
     return [path for path in stale if path.exists()]
 
 

@@ -9,10 +9,17 @@
   photo is in domain when those ImageNet classes overlap the ones the training photos got.
 - Heat map: Grad-CAM on the model's last convolutional feature map, which the model's adapter finds
   (:mod:`hf_model.adapters`: timm CNNs through ``timm_wrapper``, HF-native ConvNeXt and EfficientNet).
+- Speed: the scores come from the model's exported graph (``model.onnx``, :mod:`hf_model.export`) in ONNX Runtime
+  when the folder has an up-to-date one, after a lean preprocessing (:mod:`hf_model.runtime`); the gate's graph is
+  exported once into the backbone cache, or, when the model was trained on the gate's own frozen backbone (the
+  birds preset), the gate's ImageNet layer reads the model's pre-logits: one pass answers both. PyTorch runs the
+  model only for the heat map (Grad-CAM needs gradients) and where there is no graph or no runtime for the device.
 - Device: the model and its gate run where ``device`` says (:func:`hf_model.devices.resolve_device`; by default
-  the GPU when present); photos go to the model's device and dtype, and results come back to the CPU as float32.
+  the GPU when present): on the CPU, ONNX Runtime's CPU provider; on a GPU, its CUDA provider where the
+  onnxruntime-gpu build is installed, else PyTorch. Results come back to the CPU as float32.
 
-Only runtime dependencies are imported here (torch, transformers, timm, PIL, numpy): the Space runs it.
+Only runtime dependencies are imported here (torch, transformers, timm, PIL, numpy, onnxruntime): the Space runs
+it; exporting the gate also needs onnx and onnxscript (without them the gate runs in PyTorch).
 """
 
 from __future__ import annotations
@@ -31,12 +38,22 @@ from PIL import Image, UnidentifiedImageError
 
 from hf_model.adapters import adapter_for
 from hf_model.atomic import write_json_atomic
-from hf_model.backbones import DEFAULT_BACKBONE, load_image_processor, resolve_backbone
+from hf_model.backbones import BACKBONES, DEFAULT_BACKBONE, load_image_processor, resolve_backbone
 from hf_model.devices import Device, input_device_and_dtype, resolve_device
 from hf_model.exit_status import UserInputError
 from hf_model.images import open_image
-from hf_model.predict import class_probabilities
-from hf_model.transforms import build_eval_transform, normalization, to_rgb
+from hf_model.runtime import (
+    ONNX_FILE,
+    OnnxModel,
+    TorchModel,
+    input_size,
+    lean_preprocessing,
+    load_exported,
+    preprocess_batch,
+    probabilities,
+    softmax,
+)
+from hf_model.transforms import normalization, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -156,22 +173,39 @@ class DomainGate:
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, device: Device = None):
-        """The gate ``backbone`` (a registry name or model folder) on ``device`` (default: the GPU when present).
+        """The gate ``backbone`` (a registry name, model folder or Hub id) on ``device`` (default: the GPU when
+        present). Its graph runs when it has one: a registry backbone's is exported once into the backbone cache
+        (:func:`hf_model.export.exported_backbone`), a folder's is its ``model.onnx``. ``model`` is then None;
+        otherwise it is the PyTorch model that runs.
 
         Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have.
         """
-        from transformers import AutoModelForImageClassification
+        from transformers import AutoConfig, AutoModelForImageClassification
 
         device = resolve_device(device)  # before anything loads
         source = resolve_backbone(backbone)
-        model = AutoModelForImageClassification.from_pretrained(source, use_safetensors=True)
-        self.model = _for_inference(model, device)
-        self.processor = load_image_processor(source, self.model.config)
-        self.transform = build_eval_transform(self.processor)
+        config = AutoConfig.from_pretrained(source)
+        self.processor = load_image_processor(source, config)
+        self.preprocess = lean_preprocessing(self.processor)
+        self.graph = _gate_graph(backbone, source, device, input_size(self.preprocess), config.num_labels)
+        self.model = None
+        if self.graph is None:
+            model = AutoModelForImageClassification.from_pretrained(source, config=config, use_safetensors=True)
+            self.model = _for_inference(model, device)
 
     def imagenet_probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """ImageNet class probabilities of RGB images, shape (n, 1000), float32 on the CPU."""
-        return class_probabilities(self.model, self.transform, images)
+        return probabilities(self.graph or TorchModel(self.model), self.preprocess, images)
+
+
+def _gate_graph(backbone: str, source: str, device: torch.device, size: tuple[int, int],
+                num_labels: int) -> OnnxModel | None:
+    """The gate's graph: a registry backbone's exported into the cache on first use; a folder's own model.onnx."""
+    if backbone in BACKBONES and BACKBONES[backbone].offline:  # converted into this package's cache: ours to write
+        from hf_model.export import exported_backbone
+
+        return exported_backbone(source, device)
+    return load_exported(source, device, size, num_labels) if Path(source).is_dir() else None
 
 
 def load_gate(backbone: str = DEFAULT_BACKBONE, device: Device = None) -> DomainGate:
@@ -189,31 +223,91 @@ def domain_scores(imagenet_probabilities: np.ndarray, profile) -> np.ndarray:
     return imagenet_probabilities @ np.asarray(profile, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class GateHead:
+    """The gate's ImageNet classification layer, run on a classifier's pre-logits (the two share their backbone)."""
+
+    weight: np.ndarray  # (1000, features) float32
+    bias: np.ndarray  # (1000,) float32
+
+    def imagenet_probabilities(self, pre_logits: np.ndarray) -> np.ndarray:
+        """ImageNet class probabilities (n, 1000) from pre-logits (n, features)."""
+        return softmax(pre_logits @ self.weight.T + self.bias)
+
+
+def shared_gate_head(model, processor, gate_backbone: str) -> GateHead | None:
+    """The gate's classification layer when ``model`` is the gate's own network with another head, else None.
+
+    The same: architecture, preprocessing (``processor``), and every weight and batch-norm statistic outside the
+    head, as when a head is trained on the gate's frozen backbone (the birds preset: EfficientNet-Lite0 at 224 px,
+    the default gate). Then the gate's answer is its layer applied to the model's pre-logits, with no second pass.
+    """
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    source = resolve_backbone(gate_backbone)
+    if not Path(source).is_dir():  # a Hub id: not worth a download to find out
+        return None
+    config = AutoConfig.from_pretrained(source)
+    kind = (config.model_type, getattr(config, "architecture", None))
+    if kind != (model.config.model_type, getattr(model.config, "architecture", None)):
+        return None
+    if _preprocessing_settings(load_image_processor(source, config)) != _preprocessing_settings(processor):
+        return None
+    gate = AutoModelForImageClassification.from_pretrained(source, config=config, use_safetensors=True)
+    head = adapter_for(gate).classifier(gate)
+    if not isinstance(head, torch.nn.Linear) or head.bias is None:
+        return None
+    prefix = next(name for name, module in gate.named_modules() if module is head) + "."
+    ours = model.state_dict()
+    for name, theirs in gate.state_dict().items():
+        mine = ours.get(name)
+        if not name.startswith(prefix) and (mine is None or mine.shape != theirs.shape
+                                            or not torch.equal(mine.detach().cpu().float(), theirs.float())):
+            return None
+    return GateHead(head.weight.detach().float().numpy(), head.bias.detach().float().numpy())
+
+
+def _preprocessing_settings(processor) -> dict:
+    """What decides a processor's output: timm's data config, or a transformers processor's settings."""
+    return getattr(processor, "data_config", None) or processor.to_dict()
+
+
 class Classifier:
     """A trained image classifier ready to serve: scores, verdict, sentence and heat map for one photo.
 
     The model (moved to ``device``; default: the GPU when present) and its gate run on the same device, in the
-    model's dtype. Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have.
+    model's dtype. ``graph`` is the model's exported graph (:func:`hf_model.runtime.load_exported`, which
+    :meth:`from_pretrained` finds): it gives the scores when given, and PyTorch only the heat map. When the gate's
+    backbone is the model's own (:func:`shared_gate_head`), the graph's pre-logits also give the gate's answer
+    (``gate_head``; ``gate`` is then None).
+    Raises :class:`~hf_model.devices.DeviceError` for a device this machine does not have.
     """
 
     def __init__(self, model, processor, calibration: Calibration | None = None, subject: str = "the training photos",
-                 *, device: Device = None):
+                 *, device: Device = None, graph: OnnxModel | None = None):
         self.device = resolve_device(device)
         self.model = _for_inference(model, self.device)
         self.processor = processor
-        self.transform = build_eval_transform(processor)
+        self.preprocess = lean_preprocessing(processor)
+        self.graph = graph
+        self.engine = graph or TorchModel(self.model)  # what gives the scores
         self.calibration = calibration
-        self.gate = load_gate(calibration.gate_backbone, self.device) if calibration else None
+        # the gate's ImageNet layer on this model's own pre-logits when both share one backbone: one pass for both
+        shares = calibration is not None and graph is not None and graph.has_pre_logits
+        self.gate_head = shared_gate_head(self.model, processor, calibration.gate_backbone) if shares else None
+        needs_gate = calibration is not None and self.gate_head is None
+        self.gate = load_gate(calibration.gate_backbone, self.device) if needs_gate else None
         self.subject = subject  # what the photos should show, e.g. "a bedroom"
         self.labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 
     @classmethod
     def from_pretrained(cls, source: str, subject: str = "the training photos", *,
                         warn_uncalibrated: bool = True, device: Device = None) -> Classifier:
-        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` when present,
-        on ``device`` (default: the GPU when present; checked before anything loads).
+        """A model folder (``train.py --output_dir``) or a Hub id, with its ``calibration.json`` and its exported
+        graph (``model.onnx``, used when up to date) when present, on ``device`` (default: the GPU when present;
+        checked before anything loads).
 
-        Without one it logs a warning (unless ``warn_uncalibrated`` is false: ``hf-model calibrate`` itself).
+        Without a calibration it logs a warning (unless ``warn_uncalibrated`` is false: ``hf-model calibrate``).
         """
         from transformers import AutoModelForImageClassification
 
@@ -228,37 +322,54 @@ class Classifier:
                 source,
                 CALIBRATION_FILE,
             )
-        return cls(model, load_image_processor(str(model_dir), model.config), calibration, subject, device=device)
+        processor = load_image_processor(str(model_dir), model.config)
+        graph = load_exported(model_dir, device, input_size(lean_preprocessing(processor)), model.config.num_labels)
+        return cls(model, processor, calibration, subject, device=device, graph=graph)
 
     def probabilities(self, images: list[Image.Image]) -> np.ndarray:
         """Class probabilities for a batch of RGB images, shape (n, classes), float32 on the CPU."""
-        return class_probabilities(self.model, self.transform, images)
+        return probabilities(self.engine, self.preprocess, images)
 
     def predict(self, image: Image.Image, top_k: int = 5, heatmap: bool = False) -> Prediction:
         """Top-k scores, verdict and sentence for one RGB image; a Grad-CAM heat map when asked and in domain."""
-        domain_score = self.domain_score(image)
+        pixels = preprocess_batch(self.preprocess, [image])  # (1, 3, H, W) float32: what the model sees
+        probs, domain_score = self._scores(image, pixels)
         in_domain = domain_score is None or domain_score >= self.calibration.domain_threshold
-        explain = heatmap and in_domain
-        pixels = _pixels(self.processor, [image])  # float32 on the CPU, what the heat map shows
-        inputs = _to_model(pixels, self.model).requires_grad_(explain)  # weights are frozen: grads stop here
-        with torch.enable_grad() if explain else torch.inference_mode():
-            logits, feature_map = self.logits_and_feature_map(inputs)
-        probs = logits[0].detach().float().softmax(-1)
-        top = probs.topk(min(top_k, len(self.labels)))
-        scores = {self.labels[i]: float(p) for p, i in zip(top.values, top.indices.tolist())}
+        top = np.argsort(-probs, kind="stable")[:top_k]
+        scores = {self.labels[i]: float(probs[i]) for i in top}
         unsure_below = self.calibration.unsure_below if self.calibration else DEFAULT_UNSURE_BELOW
-        verdict = OUT_OF_DOMAIN if not in_domain else UNSURE if float(top.values[0]) < unsure_below else SURE
-        overlay = None
-        if explain and feature_map is not None and feature_map.ndim == 4:  # a CNN feature map (B, C, H, W)
-            cam = grad_cam(logits[0, top.indices[0]], feature_map)
-            overlay = overlay_heatmap(model_input_image(self.processor, pixels[0]), cam)
+        verdict = OUT_OF_DOMAIN if not in_domain else UNSURE if float(probs[top[0]]) < unsure_below else SURE
+        overlay = self.heat_map(pixels, int(top[0])) if heatmap and in_domain else None
         return Prediction(scores, verdict, self.sentence(verdict, scores), domain_score, overlay)
+
+    def heat_map(self, pixels: np.ndarray, class_index: int) -> Image.Image | None:
+        """Grad-CAM of class ``class_index`` over the photo the model saw (``pixels``: (1, 3, H, W) float32), by the
+        PyTorch model; None where the model has no convolutional feature map (a ViT)."""
+        inputs = _to_model(torch.from_numpy(pixels), self.model).requires_grad_(True)  # weights are frozen
+        with torch.enable_grad():
+            logits, feature_map = self.logits_and_feature_map(inputs)
+        if feature_map is None or feature_map.ndim != 4:  # not a CNN feature map (B, C, H, W)
+            return None
+        cam = grad_cam(logits[0, class_index], feature_map)
+        return overlay_heatmap(model_input_image(self.processor, torch.from_numpy(pixels[0])), cam)
+
+    def _scores(self, image: Image.Image, pixels: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """The class probabilities (classes,) and the domain score of one photo (``pixels``: it preprocessed)."""
+        if self.gate_head is not None:  # one pass of the shared backbone answers both
+            logits, pre_logits = self.graph.logits_and_pre_logits(pixels)
+            return softmax(logits)[0], self._domain(self.gate_head.imagenet_probabilities(pre_logits))
+        return self.engine.probabilities(pixels)[0], self.domain_score(image)
 
     def domain_score(self, image: Image.Image) -> float | None:
         """How much the photo looks like the training photos to the ImageNet gate; None without calibration."""
         if self.calibration is None:
             return None
-        return float(domain_scores(self.gate.imagenet_probabilities([image]), self.calibration.profile)[0])
+        if self.gate_head is not None:
+            return self._scores(image, preprocess_batch(self.preprocess, [image]))[1]
+        return self._domain(self.gate.imagenet_probabilities([image]))
+
+    def _domain(self, imagenet_probabilities: np.ndarray) -> float:
+        return float(domain_scores(imagenet_probabilities, self.calibration.profile)[0])
 
     def sentence(self, verdict: str, scores: dict[str, float]) -> str:
         (best, p), *rest = scores.items()
@@ -339,19 +450,14 @@ def _for_inference(model, device: torch.device):
     return model.to(device, memory_format=torch.channels_last)  # roughly 1.5x faster convolutions on CPU
 
 
-def _pixels(processor, images: list[Image.Image]) -> torch.Tensor:
-    pixels = processor(images, return_tensors="pt")["pixel_values"]
-    return pixels.contiguous(memory_format=torch.channels_last)
-
-
 def _to_model(pixels: torch.Tensor, model) -> torch.Tensor:
-    """``pixels`` on the model's device and in its dtype (a bf16 model refuses float32 photos)."""
+    """``pixels`` on the model's device and in its dtype (a bf16 model refuses float32 photos), channels last."""
     device, dtype = input_device_and_dtype(model)
-    return pixels.to(device, dtype)  # keeps the channels-last layout
+    return pixels.to(device, dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _download(repo_id: str) -> Path:
-    """A Hub model's files (weights, configs, calibration.json) in the local cache."""
+    """A Hub model's files (weights, configs, calibration.json, the exported graph) in the local cache."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", ONNX_FILE]))

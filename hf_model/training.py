@@ -27,7 +27,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerState, TrainingArguments, set_seed
 
-from hf_model.adapters import adapter_for
+from hf_model.adapters import adapter_for, write_portable_config
 from hf_model.backbones import (
     check_image_size,
     default_cache_dir,
@@ -42,6 +42,7 @@ from hf_model.data import HAND_LABELED_SPLITS, load_data, training_photos
 from hf_model.distributed import devices_in_step, for_devices, global_batch_size, per_device_share
 from hf_model.exit_status import command
 from hf_model.experiments import cross_validate, teach
+from hf_model.export import CHECK_PHOTOS, export_or_warn
 from hf_model.features import HeadModel, cache_key, extract_features, features_dataset, photo_digests
 from hf_model.freezing import set_trainable
 from hf_model.heads import fit_head
@@ -130,6 +131,9 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     if cfg.refit and cv_fold is None:  # the saved model learns from the test photos too, once they have scored it
         trainer = refit(stage_cfg, stage_args, refit_data(data, with_test=True), chosen)
     if trainer.is_world_process_zero():
+        if cfg.export == "onnx" and cv_fold is None:  # before the card, which then shows how to run the graph
+            export_or_warn(args.output_dir, data["validation"].select(range(min(CHECK_PHOTOS, len(data["validation"]))))
+                           ["image"], "validation photos")
         save_results(args.output_dir, "test", metrics)
         save_results(args.output_dir, "chosen", {"chosen": dataclasses.asdict(chosen)})
         record = dataclasses.replace(record, split_sizes=_split_sizes(data))  # with the pseudo-labeled photos
@@ -330,6 +334,7 @@ def save_final_model(trainer: Trainer) -> None:
         shutil.rmtree(staging)  # left by a run killed while saving
     trainer.save_model(str(staging))
     if trainer.args.should_save:
+        write_portable_config(staging)  # classes as id2label: re-heading with plain transformers names them right
         move_into(staging, output_dir)
 
 

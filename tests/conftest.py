@@ -85,3 +85,11 @@ def no_accelerator(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+
+
+@pytest.fixture(autouse=True)
+def no_export_at_the_end_of_training(request, monkeypatch):
+    """Training in this process skips ``--export onnx`` (seconds a run; test_export.py and tests marked
+    ``exports_onnx`` check it), unless the test is so marked. Module-scoped training fixtures still export."""
+    if "exports_onnx" not in request.keywords:
+        monkeypatch.setattr("hf_model.training.export_or_warn", lambda *args, **kwargs: None)

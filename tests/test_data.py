@@ -320,7 +320,7 @@ def test_real_known_duplicates_never_straddle_splits(bedrooms):
 def test_real_birds_one_class_per_species():
     data = build_dataset(str(SHARED_DATA / "birds"), split_fractions=[0.75, 0.125, 0.125], seed=42)
     names = data["train"].features["label"].names
-    assert len(names) == 525 and "ABBOTTS BABBLER" in names
+    assert len(names) == 525 and "Abbotts Babbler" in names and "African Crowned Crane" in names
     assert sum(len(s) for s in data.values()) == 2100
     assert len(set(data["train"]["label"])) == 525
 
@@ -351,3 +351,105 @@ def test_bird_folds_test_each_species_once_per_fold():
     assert (tested.sum(axis=0) == 4).all()  # every photo is tested once
     # each species once per fold; a species with a near-duplicate pair (one photo, twice) has it in one fold
     assert ((tested == 1).all(axis=0)).sum() >= 500 and tested.max() <= 2
+
+
+# ---- near-duplicate groups: multi-index hashing gives the partition of comparing every pair ----
+
+def groups_by_comparing_every_pair(hashes: np.ndarray, max_bits: int) -> np.ndarray:
+    """The all-pairs search near_duplicate_groups replaced, kept as the reference it must equal."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(hashes)
+    rows, cols = [], []
+    for start in range(0, n, 1024):
+        block = hashes[start:start + 1024]
+        close = np.ones((len(block), n), dtype=bool)
+        for k in range(hashes.shape[1]):
+            close &= np.bitwise_count(block[:, k, None] ^ hashes[None, :, k]) <= max_bits
+        r, c = np.nonzero(close)
+        rows.append(r + start)
+        cols.append(c)
+    graph = coo_matrix((np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def flipped(hashes: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """``hashes`` (k,) with exactly ``bits`` random bits flipped in each of its k hashes."""
+    out = hashes.copy()
+    for k in range(len(out)):
+        for bit in rng.choice(64, size=bits, replace=False):
+            out[k] ^= np.uint64(1) << np.uint64(bit)
+    return out
+
+
+def random_hashes(n: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 2**64, size=(n, 2), dtype=np.uint64)
+
+
+def planted_hashes(n: int, max_bits: int, rng: np.random.Generator) -> np.ndarray:
+    """Random pHash/dHash pairs with copies at 0 to max_bits + 2 bits from another photo, and chains of copies."""
+    hashes = random_hashes(n, rng)
+    for _ in range(n // 5):  # copies just within and just beyond the limit
+        hashes[rng.integers(n)] = flipped(hashes[rng.integers(n)], rng.integers(0, max_bits + 3), rng)
+    for start in rng.choice(n, size=n // 100, replace=False):  # chains whose ends differ by far more than max_bits
+        for i in range(start + 1, min(start + 6, n)):
+            hashes[i] = flipped(hashes[i - 1], max_bits, rng)
+    return hashes
+
+
+@pytest.mark.parametrize("max_bits", [10, 4, 1, 0])
+def test_near_duplicate_groups_equal_comparing_every_pair_on_planted_copies_and_chains(max_bits):
+    rng = np.random.default_rng(max_bits)
+    hashes = planted_hashes(3000, max_bits, rng)
+    expected = groups_by_comparing_every_pair(hashes, max_bits)
+    assert expected.max() + 1 < 2900  # the planted copies did make groups
+    assert near_duplicate_groups(hashes, max_bits).tolist() == expected.tolist()
+
+
+def test_a_chain_of_near_duplicates_is_one_group_though_its_ends_are_far_apart():
+    rng = np.random.default_rng(0)
+    hashes = random_hashes(8, rng)
+    for i in range(1, 5):  # photos 0..4: each 10 bits from the one before
+        hashes[i] = flipped(hashes[i - 1], 10, rng)
+    assert np.bitwise_count(hashes[0] ^ hashes[4]).min() > 10
+    assert near_duplicate_groups(hashes, 10).tolist() == [0, 0, 0, 0, 0, 1, 2, 3]
+
+
+def test_photos_close_in_one_hash_only_are_not_near_duplicates():
+    rng = np.random.default_rng(0)
+    hashes = random_hashes(3, rng)
+    hashes[1] = [hashes[0, 0] ^ np.uint64(0b111), hashes[0, 1] ^ np.uint64(2**11 - 1)]  # pHash 3 bits, dHash 11
+    hashes[2] = hashes[0]
+    assert near_duplicate_groups(hashes, 10).tolist() == [0, 1, 0]
+
+
+def test_thousands_of_near_copies_of_one_photo_group_as_comparing_every_pair():
+    """Crowded bands (a burst of near-identical photos, many identical ones) still give the all-pairs answer."""
+    rng = np.random.default_rng(0)
+    hashes = random_hashes(3000, rng)
+    hashes[:1500] = [flipped(hashes[0], int(rng.integers(0, 4)), rng) for _ in range(1500)]
+    hashes[1500:1800] = hashes[1]  # blank photos: one hash many times
+    expected = groups_by_comparing_every_pair(hashes, 10)
+    assert near_duplicate_groups(hashes, 10).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("max_bits", [-1, 64])
+def test_near_duplicate_bits_beyond_a_64_bit_hash_are_refused(max_bits):
+    with pytest.raises(ValueError, match="0 to 63"):
+        near_duplicate_groups(random_hashes(4, np.random.default_rng(0)), max_bits)
+
+
+@pytest.mark.real_data
+def test_real_bedroom_near_duplicate_groups_equal_comparing_every_pair():
+    from hf_model.images import list_images
+
+    folder = SHARED_DATA / "bedrooms"
+    files = [str(path) for path in list_images(folder)]
+    hashes, good = scan_images(files)
+    groups = near_duplicate_groups(hashes)
+    assert good.all() and groups.tolist() == groups_by_comparing_every_pair(hashes, 10).tolist()
+    group_of = {Path(file).name: group for file, group in zip(files, groups)}
+    with (folder / "duplicates.csv").open() as f:
+        pairs = [(row["file_a"], row["file_b"]) for row in csv.DictReader(f)]
+    assert len(pairs) > 20 and all(group_of[a] == group_of[b] for a, b in pairs)

@@ -21,7 +21,7 @@ from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, UPRIGHT_B
 from PIL import Image as PILImage
 
 from hf_model.config import TrainConfig
-from hf_model.data import BadImageError, DataError, build_dataset, load_data, scan_images
+from hf_model.data import BadImageError, DataError, build_dataset, load_data, natural_case, scan_images
 
 HALVES = [0.5, 0.25, 0.25]
 COLOURS = {"bathroom": (30, 200, 30), "bedroom": (220, 30, 30), "kitchen": (30, 30, 220)}
@@ -259,14 +259,42 @@ def write_birds(root: Path, species: dict[str, int], missing: dict[str, int] | N
 def test_birds_csv_naming_missing_files_skips_them_naming_lines_and_count(tmp_path, info_logs):
     root = write_birds(tmp_path / "birds", {"CROW": 4, "JAY": 4}, missing={"JAY": 2})
     data = build_dataset(str(root), split_fractions=HALVES)
-    assert class_counts(data) == {"CROW": 4, "JAY": 4}
+    assert class_counts(data) == {"Crow": 4, "Jay": 4}  # species in the natural case; birds.csv's for the files
     assert "2 of 10 labeled files are not in" in info_logs.text and "birds.csv:10 images/JAY/4.jpg" in info_logs.text
 
 
 def test_birds_csv_class_whose_files_are_all_missing_stops_naming_it(tmp_path):
     root = write_birds(tmp_path / "birds", {"CROW": 4, "JAY": 4, "OWL": 0}, missing={"OWL": 3})
-    with pytest.raises(ValueError, match=r"no photos of class OWL"):
+    with pytest.raises(ValueError, match=r"no photos of class Owl"):
         build_dataset(str(root), split_fractions=HALVES)
+
+
+@pytest.mark.parametrize(("kaggle", "natural"), [
+    ("AFRICAN CROWNED CRANE", "African Crowned Crane"),
+    ("BLACK-THROATED SPARROW", "Black-throated Sparrow"),  # bird names keep the part after a hyphen lower case
+    ("CARMINE BEE-EATER", "Carmine Bee-eater"),
+    ("D-ARNAUDS BARBET", "D-Arnauds Barbet"),  # an elided D' keeps its capital
+    ("ABBOTT'S BABBLER", "Abbott's Babbler"),  # not str.title()'s "Abbott'S"
+    ("BLACK & YELLOW BROADBILL", "Black & Yellow Broadbill"),
+    ("Cape May Warbler", "Cape May Warbler"),  # a name with lower-case letters is the dataset's own choice
+    ("HOUSE  SPARROW", "House  Sparrow"),
+    ("COCK OF THE ROCK", "Cock of the Rock"),  # joining words stay lower case, after the first word
+    ("CHARA DE COLLAR", "Chara de Collar"),
+    ("OF THE YEAR", "Of the Year"),
+])
+def test_natural_case_writes_species_as_people_do(kaggle, natural):
+    assert natural_case(kaggle) == natural
+
+
+def test_a_published_birds_dataset_keeps_the_kaggle_names_in_class_id_order(tmp_path):
+    from hf_model.hub import load_dataset_to_publish
+
+    root = write_birds(tmp_path / "birds", {"BAR-TAILED GODWIT": 4, "CROW": 4, "JAY": 4})
+    trained_on = build_dataset(str(root), split_fractions=HALVES)
+    published, _ = load_dataset_to_publish(str(root), None, HALVES)
+    assert trained_on["train"].features["label"].names == ["Bar-tailed Godwit", "Crow", "Jay"]
+    assert published["train"].features["label"].names == ["BAR-TAILED GODWIT", "CROW", "JAY"]
+    assert published["train"]["label"] == trained_on["train"]["label"]
 
 
 # ---- photos of every kind ----

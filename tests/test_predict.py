@@ -337,3 +337,91 @@ def test_a_bfloat16_model_gives_float32_probabilities_close_to_its_float32_ones(
     probabilities = class_probabilities(model.to(torch.bfloat16), transform, photos)  # photos cast to the model
     assert probabilities.dtype == np.float32 and probabilities.shape == (2, 10)
     np.testing.assert_allclose(probabilities, expected, atol=1e-3)  # bf16 keeps about 3 significant digits
+
+
+# ---------------------------------------------------------------- the fast path (issue 15, part 3)
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_convnext, tmp_path_factory) -> Path:
+    """The tiny ConvNeXt (random weights: its scores depend on the pixels) with its graph exported."""
+    import shutil
+
+    from hf_model.export import export_model
+
+    folder = tmp_path_factory.mktemp("exported") / "model"
+    shutil.copytree(tiny_convnext, folder)
+    export_model(folder)
+    return folder
+
+
+def mixed_folder(root: Path) -> Path:
+    """Seven photos of different colours and sizes, one broken file and one text file."""
+    for i in range(7):
+        make_photo(root / f"{i}.jpg", (30 * i, 200 - 20 * i, 90), size=40 + 9 * i, seed=i)
+    (root / "3_broken.jpg").write_bytes(b"not a jpeg")
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+def test_the_exported_graph_labels_the_photos_as_pytorch_does(exported_dir, tiny_convnext, tmp_path, capsys):
+    from hf_model.predict import load_labeler
+    from hf_model.runtime import OnnxModel
+
+    assert isinstance(load_labeler(str(exported_dir), "cpu").model, OnnxModel)
+    folder = mixed_folder(tmp_path / "photos")
+    fast = predict(exported_dir, tmp_path, str(folder), "--top_k", "10", "--batch_size", "3")
+    assert "no exported graph" not in capsys.readouterr().err
+    slow = predict(Path(tiny_convnext), tmp_path, str(folder), "--top_k", "10", "--batch_size", "3")
+    assert f"has no exported graph (model.onnx), so PyTorch labels the photos; `hf-model export {tiny_convnext}`" in (
+        capsys.readouterr().err)
+    assert [(r["file"], r["label"], r["error"]) for r in fast] == [(r["file"], r["label"], r["error"]) for r in slow]
+    assert len(fast) == 9 and sum(bool(r["error"]) for r in fast) == 2
+    for quick, plain in zip(fast, slow):
+        if plain["top_k"]:
+            assert top_k(quick) == pytest.approx(top_k(plain), abs=1e-4)  # one unit of the CSV's 4 decimals
+            assert list(top_k(quick)) == list(top_k(plain))
+
+
+@pytest.mark.parametrize(("batch_size", "workers"), [(1, 1), (2, 3), (4, 2), (32, 4)])
+def test_rows_come_in_the_order_given_whatever_the_batch_size_and_workers(exported_dir, tmp_path, batch_size,
+                                                                          workers):
+    from hf_model.predict import label_files, load_labeler
+
+    files = sorted(mixed_folder(tmp_path / "photos").glob("*.jpg"))
+    labeler = load_labeler(str(exported_dir), "cpu")
+    rows = list(label_files(labeler, files, 3, batch_size, workers))
+    one_by_one = list(label_files(labeler, files, 3, 1, 1))
+    assert [row["file"] for row in rows] == [str(f) for f in files]
+    assert [row.get("error") for row in rows] == [row.get("error") for row in one_by_one]
+    for row, alone in zip(rows, one_by_one):
+        if "predictions" in alone:
+            assert [p["label"] for p in row["predictions"]] == [p["label"] for p in alone["predictions"]]
+            assert [p["score"] for p in row["predictions"]] == pytest.approx(
+                [p["score"] for p in alone["predictions"]], abs=1e-5)
+
+
+def test_decoding_runs_at_most_the_given_number_of_photos_ahead():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hf_model.predict import prefetched
+
+    submitted = []
+    with ThreadPoolExecutor(2) as pool:
+        results = prefetched(pool, lambda i: submitted.append(i) or i * i, range(100), ahead=4)
+        assert [next(results) for _ in range(3)] == [0, 1, 4]
+        pool.submit(lambda: None).result()  # let the workers settle
+        assert len(submitted) <= 3 + 4
+        assert list(results) == [i * i for i in range(3, 100)]
+
+
+def test_a_progress_bar_counts_the_photos_on_a_terminal(exported_dir, tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    folder = mixed_folder(tmp_path / "photos")
+    main([str(exported_dir), str(folder), "--output", str(tmp_path / "out.csv")])
+    assert "labeling" in terminal.getvalue() and "9/9" in terminal.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from hf_model.adapters import ADAPTERS, adapter_for
 from hf_model.backbones import load_model, resolve_backbone
 from hf_model.calibration import calibrate, choose_threshold
 from hf_model.devices import DeviceError
+from hf_model.runtime import OnnxModel
 from hf_model.serving import (
     CALIBRATION_FILE,
     HEATMAP_SIDE,
@@ -44,6 +46,7 @@ from hf_model.serving import (
     open_photo,
     overlay_heatmap,
     percent,
+    shared_gate_head,
     shown_probability,
     shown_scores,
 )
@@ -524,3 +527,107 @@ def test_a_device_this_machine_lacks_is_refused_before_the_model_loads(tmp_path,
         Classifier.from_pretrained(str(tmp_path / "not_even_a_model"), device="cuda")
     with pytest.raises(DeviceError, match="^--device cuda:1: "):
         load_gate("efficientnet-lite0", "cuda:1")
+
+
+# ---------------------------------------------------------------- the exported graph (issue 15, part 2)
+
+
+@pytest.fixture(scope="module", params=sorted(ADAPTERS))
+def exported_dir(request, tmp_path_factory) -> Path:
+    """A copy of a saved model of each architecture, with its graph exported (hf-model export)."""
+    from hf_model.export import export_model
+
+    folder = tmp_path_factory.mktemp(f"exported_{request.param}") / "model"
+    shutil.copytree(request.getfixturevalue(SERVED_MODELS[request.param]), folder)
+    export_model(folder)
+    return folder
+
+
+def pytorch_only(classifier: Classifier) -> Classifier:
+    """The same model and processor, served by PyTorch alone (no graph)."""
+    return Classifier(classifier.model, classifier.processor, device="cpu")
+
+
+def test_a_classifier_with_an_exported_graph_gives_the_scores_it_gives_without(exported_dir):
+    classifier = Classifier.from_pretrained(str(exported_dir), device="cpu")
+    assert isinstance(classifier.graph, OnnxModel)
+    photos = [photo(seed) for seed in range(4)]
+    np.testing.assert_allclose(classifier.probabilities(photos), pytorch_only(classifier).probabilities(photos),
+                               atol=1e-4)
+    fast, slow = classifier.predict(photos[1], top_k=3), pytorch_only(classifier).predict(photos[1], top_k=3)
+    assert list(fast.scores) == list(slow.scores) or max(slow.scores.values()) - min(slow.scores.values()) < 1e-4
+    assert list(fast.scores.values()) == pytest.approx(list(slow.scores.values()), abs=1e-4)
+
+
+def test_with_a_graph_the_heat_map_is_pytorchs_grad_cam_of_the_same_photo(exported_dir):
+    classifier = Classifier.from_pretrained(str(exported_dir), device="cpu")
+    explained = classifier.predict(photo(2), top_k=3, heatmap=True)
+    expected = pytorch_only(classifier).predict(photo(2), top_k=3, heatmap=True)
+    assert explained.scores == classifier.predict(photo(2), top_k=3).scores  # the heat map changes no score
+    diff = np.abs(np.asarray(explained.heatmap, dtype=int) - np.asarray(expected.heatmap, dtype=int))
+    assert explained.heatmap.size == (HEATMAP_SIDE, HEATMAP_SIDE) and diff.max() <= 1
+
+
+def test_with_a_graph_pytorch_runs_only_for_the_heat_map(exported_dir):
+    classifier = Classifier.from_pretrained(str(exported_dir), device="cpu")
+    runs = []
+    stem = next(m for m in classifier.model.modules() if isinstance(m, torch.nn.Conv2d))  # every path goes through it
+    stem.register_forward_pre_hook(lambda module, inputs: runs.append(inputs[0].shape[0]))
+    assert len(classifier.predict(photo(), top_k=2).scores) == 2
+    assert classifier.probabilities([photo(), photo(1)]).shape[0] == 2
+    assert runs == []
+    classifier.predict(photo(), heatmap=True)
+    assert runs == [1]
+
+
+def test_the_gate_runs_from_its_graph_exported_once_into_the_backbone_cache(backbone_cache):
+    from transformers import AutoModelForImageClassification
+
+    gate = load_gate("efficientnet-lite0", "cpu")
+    folder = backbone_cache / "backbones" / "efficientnet-lite0"
+    assert isinstance(gate.graph, OnnxModel) and gate.model is None and (folder / "model.onnx").is_file()
+    photos = [Image.fromarray(skimage_data.coffee()), Image.fromarray(skimage_data.chelsea()), photo(1)]
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    pixels = torch.stack([gate.processor(image, return_tensors="pt")["pixel_values"][0] for image in photos])
+    with torch.inference_mode():
+        expected = model(pixel_values=pixels).logits.softmax(-1).numpy()
+    np.testing.assert_allclose(gate.imagenet_probabilities(photos), expected, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gate_network_dir(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 at its own 224 px with a new 2-class head on the untouched backbone, exported: the gate's
+    own network with another head, as the birds preset trains it (the head alone, on the frozen backbone)."""
+    from hf_model.export import export_model
+
+    out = tmp_path_factory.mktemp("gate_network") / "model"
+    load_model(resolve_backbone("efficientnet-lite0"), LABELS).save_pretrained(out)
+    export_model(out)
+    return out
+
+
+def test_a_gate_on_the_models_own_backbone_shares_its_pass_and_gives_the_gates_answer(gate_network_dir,
+                                                                                     coffee_calibration):
+    plain = Classifier.from_pretrained(str(gate_network_dir), device="cpu")
+    shared = Classifier(plain.model, plain.processor, coffee_calibration, "a coffee cup", device="cpu",
+                        graph=plain.graph)
+    separate = Classifier(plain.model, plain.processor, coffee_calibration, "a coffee cup", device="cpu")
+    assert shared.gate_head is not None and shared.gate is None and separate.gate is not None
+    runs = []
+    graph_run = shared.graph.session.run
+    shared.graph.session.run = lambda *args: runs.append(args) or graph_run(*args)
+    for image in (Image.fromarray(skimage_data.coffee()), Image.fromarray(skimage_data.chelsea()), photo(4)):
+        fast, slow = shared.predict(image, top_k=2), separate.predict(image, top_k=2)
+        assert fast.domain_score == pytest.approx(slow.domain_score, abs=1e-5)
+        assert fast.verdict == slow.verdict and fast.scores == pytest.approx(slow.scores, abs=1e-4)
+    assert len(runs) == 3  # one pass of the graph per photo, for the scores and the gate together
+    assert shared.predict(Image.fromarray(skimage_data.chelsea())).verdict == OUT_OF_DOMAIN
+
+
+def test_a_model_whose_backbone_differs_from_the_gates_keeps_its_own_gate(gate_network_dir, lite_dir):
+    plain = Classifier.from_pretrained(str(gate_network_dir), device="cpu")
+    other_size = Classifier.from_pretrained(str(lite_dir), device="cpu")  # the same network at 96 px
+    assert shared_gate_head(other_size.model, other_size.processor, "efficientnet-lite0") is None
+    with torch.no_grad():
+        plain.model.timm_model.blocks[6][0].bn1.running_mean.add_(0.01)  # the top block's statistics, fine-tuned
+    assert shared_gate_head(plain.model, plain.processor, "efficientnet-lite0") is None

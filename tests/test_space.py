@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,8 @@ APP_FILE = Path(__file__).resolve().parents[1] / "space" / "app.py"
 # two optimizer steps on 64-pixel photos: a real trained model folder in seconds
 QUICK_TRAINING = (
     "--image_size 64 --split_fractions 0.5 0.25 0.25 --max_steps 2 --per_device_train_batch_size 4 "
-    "--eval_strategy steps --eval_steps 2 --save_strategy steps --save_steps 2 --no_resume --disable_tqdm true"
+    "--eval_strategy steps --eval_steps 2 --save_strategy steps --save_steps 2 --no_resume --disable_tqdm true "
+    "--export none"  # PyTorch serves: the tests below change the model's weights in place
 )
 BIRDS = [
     "ABBOTTS BABBLER",
@@ -397,3 +399,14 @@ def test_a_device_the_machine_lacks_is_not_taken_for_a_hub_failure(tiny_convnext
     with pytest.raises(DeviceError, match="^--device cuda: "):
         app.load_task_model(task, None, "cuda")
     assert not [r.getMessage() for r in caplog.records if r.name == "space"]  # no "could not load ...; using local"
+
+
+def test_the_space_readme_snippet_runs_against_the_app_as_written(demo, photo, monkeypatch, capsys):
+    readme = (APP_FILE.parent / "README.md").read_text()
+    code = re.search(r"## Call it from Python\s+```python\n(.*?)```", readme, re.DOTALL).group(1)
+    monkeypatch.chdir(photo.parent)
+    photo.rename(photo.parent / "bedroom.jpg")
+    code = code.replace('"hf-model-demo/photo-demo"', repr(demo.local_url))  # the Space's id -> the app here
+    exec(compile(code, "<space README snippet>", "exec"), {})  # noqa: S102 - the README's own code, as users run it
+    printed = capsys.readouterr().out
+    assert re.search(r"^(Modern|Old) \[\{'label': '(Modern|Old)', 'confidence': ", printed, re.MULTILINE)
