@@ -144,26 +144,16 @@ def group_step(hashes_file: Path) -> dict:
 
 
 def all_pairs_step(hashes_file: Path) -> dict:
-    """The all-pairs search near_duplicate_groups used before multi-index hashing (timed for comparison)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """The all-pairs search near_duplicate_groups used before multi-index hashing (timed for comparison); its code
+    is the reference tests/test_data.py keeps."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_data import groups_by_comparing_every_pair
 
     from hf_model.data import NEAR_DUPLICATE_BITS
 
     hashes = np.load(hashes_file)
     started = time.perf_counter()
-    n = len(hashes)
-    rows, cols = [], []
-    for start in range(0, n, 1024):
-        block = hashes[start:start + 1024]
-        close = np.ones((len(block), n), dtype=bool)
-        for k in range(hashes.shape[1]):
-            close &= np.bitwise_count(block[:, k, None] ^ hashes[None, :, k]) <= NEAR_DUPLICATE_BITS
-        r, c = np.nonzero(close)
-        rows.append(r + start)
-        cols.append(c)
-    graph = coo_matrix((np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    groups = connected_components(graph, directed=False)[1]
+    groups = groups_by_comparing_every_pair(hashes, NEAR_DUPLICATE_BITS)
     return {"seconds": time.perf_counter() - started, "peak_mb": peak_mb(), "groups": int(groups.max()) + 1}
 
 

@@ -93,3 +93,16 @@ def no_export_at_the_end_of_training(request, monkeypatch):
     ``exports_onnx`` check it), unless the test is so marked. Module-scoped training fixtures still export."""
     if "exports_onnx" not in request.keywords:
         monkeypatch.setattr("hf_model.training.export_or_warn", lambda *args, **kwargs: None)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_convnext(tiny_convnext, tmp_path_factory) -> Path:
+    """A copy of the tiny ConvNeXt folder with its ONNX graph exported (``hf-model export``)."""
+    import shutil
+
+    from hf_model.export import export_model
+
+    folder = tmp_path_factory.mktemp("exported") / "model"
+    shutil.copytree(tiny_convnext, folder)
+    export_model(folder)
+    return folder

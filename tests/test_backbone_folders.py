@@ -85,7 +85,7 @@ def test_a_two_class_timm_run_fine_tuned_on_three_classes_names_them_at_its_size
     main(["--data_dir", str(class_folder(tmp_path / "three", ["bathroom", "bedroom", "kitchen"])),
           "--backbone", str(first), "--output_dir", str(second), "--cache_dir", str(tmp_path / "cache"), *QUICK])
     config = json.loads((second / "config.json").read_text())
-    assert config["num_classes"] == 3 and config["label_names"] == ["bathroom", "bedroom", "kitchen"]
+    assert config["num_classes"] == 3 and config["id2label"] == {"0": "bathroom", "1": "bedroom", "2": "kitchen"}
     assert config["pretrained_cfg"]["input_size"] == [3, 40, 40]  # the first run's size, read from its folder
     assert load_run_config(second).image_size == 40
     answer = pipeline("image-classification", model=str(second), device=-1)(photo(), top_k=5)

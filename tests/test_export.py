@@ -30,13 +30,9 @@ def pytorch_probabilities(model_dir: Path, photos) -> tuple[np.ndarray, np.ndarr
         return pixels.numpy(), model(pixel_values=pixels).logits.softmax(-1).numpy()
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_convnext, tmp_path_factory) -> Path:
-    """A copy of the tiny ConvNeXt folder with its graph exported."""
-    folder = tmp_path_factory.mktemp("exported") / "model"
-    shutil.copytree(tiny_convnext, folder)
-    export_model(folder)
-    return folder
+@pytest.fixture
+def exported(exported_tiny_convnext) -> Path:
+    return exported_tiny_convnext
 
 
 def test_the_exported_graph_gives_pytorchs_probabilities_for_any_batch_size(exported):

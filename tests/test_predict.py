@@ -342,17 +342,10 @@ def test_a_bfloat16_model_gives_float32_probabilities_close_to_its_float32_ones(
 # ---------------------------------------------------------------- the fast path (issue 15, part 3)
 
 
-@pytest.fixture(scope="module")
-def exported_dir(tiny_convnext, tmp_path_factory) -> Path:
+@pytest.fixture
+def exported_dir(exported_tiny_convnext) -> Path:
     """The tiny ConvNeXt (random weights: its scores depend on the pixels) with its graph exported."""
-    import shutil
-
-    from hf_model.export import export_model
-
-    folder = tmp_path_factory.mktemp("exported") / "model"
-    shutil.copytree(tiny_convnext, folder)
-    export_model(folder)
-    return folder
+    return exported_tiny_convnext
 
 
 def mixed_folder(root: Path) -> Path:
