@@ -96,3 +96,10 @@ def test_lean_preprocessing_equals_the_processor_on_real_photos(cfg):
     worst = max(float(np.abs(preprocess(Image.open(path)) - reference(processor, Image.open(path))).max())
                 for path in files)
     assert len(files) == 120 and worst <= 1e-3
+
+
+def test_onnx_runtime_threads_sleep_between_runs_so_pytorch_gets_the_cores(exported_tiny_convnext):
+    from hf_model.runtime import OnnxModel
+
+    graph = OnnxModel(exported_tiny_convnext / "model.onnx")
+    assert graph.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
