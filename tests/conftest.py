@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 # Hermetic: the datasets/evaluate caches and matplotlib's config go to a folder of this session, not $HOME
 # (set before any test module imports those libraries).
 _SESSION_HOME = tempfile.mkdtemp(prefix="hf_model_tests-")
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)  # ~100 MB a session: never left behind
 os.environ["HF_HOME"] = os.path.join(_SESSION_HOME, "huggingface")
 os.environ["MPLCONFIGDIR"] = os.path.join(_SESSION_HOME, "matplotlib")
 
