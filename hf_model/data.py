@@ -20,6 +20,7 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -284,8 +285,7 @@ def read_birds_csv(data_dir: str | Path) -> LabeledFiles:
               for line, row in enumerate(rows, start=2)]
     here = _skip_missing(listed, root, {row.file for row in listed if (root / row.file).is_file()})
     return LabeledFiles([str(root / row.file) for row in here], [index[row.label] for row in here],
-                        [natural_case(name) for name in source_names], [],
-                        f"{path.name} ({len(source_names)} species)")
+                        species_names(source_names), [], f"{path.name} ({len(source_names)} species)")
 
 
 def birds_source_names(data_dir: str | Path) -> list[str]:
@@ -295,15 +295,26 @@ def birds_source_names(data_dir: str | Path) -> list[str]:
         return sorted({row["labels"].strip() for row in csv.DictReader(f)})
 
 
+def species_names(source_names: Sequence[str]) -> list[str]:
+    """The :func:`natural_case` of each of ``birds.csv``'s distinct names, in their order; names that would then read
+    the same as another (``AMERICAN GOLDFINCH`` and ``American Goldfinch``) stay as the CSV writes them, so that
+    distinct classes keep distinct names."""
+    natural = [natural_case(name) for name in source_names]
+    taken = Counter(natural)
+    return [person if taken[person] == 1 else source for source, person in zip(source_names, natural)]
+
+
 def natural_case(name: str) -> str:
     """A class name as people write it: ``AFRICAN CROWNED CRANE`` -> ``African Crowned Crane``.
 
     Only a name written all in capitals changes (any lower-case letter means the dataset chose its case). Each
-    word starts with a capital; after a hyphen it stays lower case, as bird names are written (``Black-throated
-    Sparrow``, ``Carmine Bee-eater``), unless a single letter comes before the hyphen (``D-ARNAUDS`` ->
-    ``D-Arnauds``, an elided ``D'``); after an apostrophe it stays lower case (``ABBOTT'S`` -> ``Abbott's``, where
-    ``str.title`` gives ``Abbott'S``); ``&`` and other signs are kept as they are. Joining words stay lower case
-    after the first word (``COCK OF THE ROCK`` -> ``Cock of the Rock``, ``CHARA DE COLLAR`` -> ``Chara de Collar``).
+    word starts with a capital, after any opening bracket or quote (``(Great)``), and so does each part after a
+    slash (``Crow/Raven``). After a hyphen or an apostrophe the next letter stays lower case, as bird names are
+    written (``Black-throated Sparrow``, ``Carmine Bee-eater``, ``ABBOTT'S`` -> ``Abbott's`` where ``str.title``
+    gives ``Abbott'S``), unless a single letter comes before it (``D-Arnauds``, ``O'Brien``). Roman numerals stay
+    capitals (``II``); ``&`` and other signs are kept as they are. Joining words stay lower case after the first
+    word (``COCK OF THE ROCK`` -> ``Cock of the Rock``). ``MCKAYS`` stays ``Mckays``: renaming one of the Kaggle
+    species would part the models trained on it from their dataset.
     """
     if not name.isupper():
         return name
@@ -313,14 +324,16 @@ def natural_case(name: str) -> str:
 
 JOINING_WORDS = frozenset({"a", "an", "and", "at", "de", "del", "der", "di", "du", "in", "la", "of", "on", "or", "the",
                            "van", "von"})  # lower case inside a name, as English and common names write them
+ROMAN_NUMERAL = re.compile(r"x{0,3}(ix|iv|v?i{0,3})")
+# a lower-case word's letters that take a capital: its first (after a bracket or quote), the first after a slash,
+# and after a single letter and a hyphen or apostrophe (d-arnauds, o'brien)
+CAPITAL_LETTERS = re.compile(r"(?:(?<=^)|(?<=^\W)|(?<=/)|(?<=^\w[-'’])|(?<=\W\w[-'’]))[^\W\d_]")
 
 
 def _natural_word(word: str) -> str:
-    parts = word.split("-")
-    cased = [parts[0][:1].upper() + parts[0][1:]]
-    for before, part in zip(parts, parts[1:]):
-        cased.append(part[:1].upper() + part[1:] if len(before) == 1 else part)
-    return "-".join(cased)
+    if len(word) > 1 and ROMAN_NUMERAL.fullmatch(word):
+        return word.upper()
+    return CAPITAL_LETTERS.sub(lambda letter: letter.group().upper(), word)
 
 
 def _skip_missing(rows: list[LabelRow], root: Path, present: set[str]) -> list[LabelRow]:

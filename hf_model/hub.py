@@ -249,7 +249,9 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
     absolute or home path, by its last part only (:func:`published_paths`). Refuses a folder whose run
     record says its training did not finish (``run_folder.RunFolderError``).
     """
-    from transformers import AutoConfig, AutoImageProcessor
+    from transformers import AutoConfig
+
+    from hf_model.backbones import load_image_processor
 
     source, out = Path(model_dir), Path(out_dir)
     require_finished(source)
@@ -263,8 +265,8 @@ def build_model_repo(model_dir: str | Path, out_dir: str | Path, repo_id: str | 
         raise RepoFolderError(f"{source}/config.json names no classes (only {labels[:3]}...): pipeline() would answer "
                          "LABEL_0; set id2label/label2id when building the model (hf_model.backbones.load_model)")
 
-    try:  # pipeline() needs the image processor from the repo alone
-        processor = AutoImageProcessor.from_pretrained(source)
+    try:  # pipeline() needs the image processor from the repo alone; the adapter's loader reads it as pipeline() does
+        processor = load_image_processor(str(source), config)  # without transformers' torchvision-backend notice
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"{source}: no image processor loads from it ({err}); save it with the model "
                                 "(Trainer(processing_class=processor) or processor.save_pretrained)") from err

@@ -3,7 +3,7 @@
 One snippet per client: transformers' ``pipeline()``, the model and image processor of plain transformers, timm
 (timm_wrapper models: their weights are timm's own), and ONNX Runtime (when the folder holds ``model.onnx``). A
 card written at training time points them at the local folder; :func:`point_at_repo` points them at the Hub repo
-when the model is published. ``tests/test_snippets.py`` runs every snippet, as rendered, on a tiny model folder.
+when the model is published. ``tests/test_interop.py`` runs every snippet, as rendered, on a tiny model folder.
 """
 
 from __future__ import annotations
@@ -68,6 +68,12 @@ config = AutoConfig.from_pretrained("$model", num_labels=len(names), id2label=di
                                     label2id={name: i for i, name in enumerate(names)})
 model = AutoModelForImageClassification.from_pretrained("$model", config=config, ignore_mismatched_sizes=True)
 # train it (Trainer), then model.save_pretrained("my-model"): pipeline() names the new classes''')
+# note: from_pretrained re-initializes only weights whose shape changed, so a head of the same size is kept
+FINE_TUNE_NOTE = ("The standard transformers recipe: a new head for your classes (transformers' notice that "
+                  "`num_labels` is incompatible with the saved `id2label`, and the classifier listed as `MISMATCH`, "
+                  "say just that). "
+                  "With as many classes as this model has, the sizes match and its trained head is kept as the "
+                  "starting point instead.")
 TIMM_NOTICE = ("Loading it with transformers prints `Requested torchvision backend is not available. Falling back "
                "to pil backend.` once: transformers' notice that timm models come with a PIL image processor only. "
                "It is harmless: that processor is the one the model was trained and tested with.")
@@ -97,9 +103,10 @@ def usage_section(model: str, *, on_hub: bool, top_k: int, timm: bool, onnx: boo
               for client, code in snippets(model, on_hub=on_hub, top_k=top_k, timm=timm, onnx=onnx).items()]
     if timm:
         blocks.append(TIMM_NOTICE)
-    blocks.append("### Fine-tune on your own classes\n\nThe standard transformers recipe: the new classes get a fresh "
-                  f"head.\n\n```python\n{FINE_TUNE.substitute(model=model)}\n```\n\nOr with this toolkit: "
-                  f"`hf-model train --backbone {model} --data_dir my_photos --output_dir runs/mine`.")
+    blocks.append(f"### Fine-tune on your own classes\n\n{FINE_TUNE_NOTE}\n\n```python\n"
+                  f"{FINE_TUNE.substitute(model=model)}\n```\n\nOr with this toolkit, which starts new classes on a "
+                  f"fresh head whatever their number: `hf-model train --backbone {model} --data_dir my_photos "
+                  "--output_dir runs/mine`.")
     return "\n".join([BEGIN, "\n\n".join(blocks), END])
 
 

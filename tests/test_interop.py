@@ -83,6 +83,16 @@ def test_only_plain_autoimageprocessor_prints_the_backend_notice_and_our_loaders
     assert notice not in caplog.text
 
 
+def test_publishing_one_of_our_folders_prints_no_backend_notice(our_folder, tmp_path, caplog):
+    from hf_model.hub import build_model_repo
+
+    logging.Logger.warning_once.cache_clear()  # transformers prints it once per process
+    with caplog.at_level(logging.WARNING):
+        repo = build_model_repo(our_folder, tmp_path / "repo", "someone/rooms")
+    assert (repo / "model.safetensors").is_file()
+    assert "Requested torchvision backend is not available" not in caplog.text
+
+
 @pytest.fixture
 def in_a_folder_with_a_photo(tmp_path, monkeypatch) -> Path:
     """The snippets' working folder: it holds ``photo.jpg``, as a user's would."""
@@ -122,6 +132,22 @@ def test_the_fine_tune_snippet_gives_a_model_that_pipeline_names_with_the_new_cl
     photo = make_photo(tmp_path / "photo.jpg", (200, 200, 200))
     answer = pipeline("image-classification", model=str(tmp_path / "mine"))(str(photo))
     assert sorted(row["label"] for row in answer) == ["cat", "dog", "fox"]
+
+
+def test_the_card_says_the_fine_tune_recipe_keeps_the_trained_head_when_the_classes_are_as_many(our_folder):
+    import torch
+
+    from hf_model.snippets import usage_section
+
+    code = FINE_TUNE.substitute(model=str(our_folder)).replace('["cat", "dog", "fox"]', '["cat", "dog"]')
+    namespace: dict = {}
+    exec(compile(code, "<fine-tune snippet>", "exec"), namespace)  # noqa: S102 - the card's own code, 2 classes
+    trained = AutoModelForImageClassification.from_pretrained(our_folder)
+    kept = namespace["model"].timm_model.get_classifier().weight
+    assert torch.equal(kept, trained.timm_model.get_classifier().weight)  # transformers re-initializes no head
+    card = usage_section(str(our_folder), on_hub=False, top_k=2, timm=True, onnx=False)
+    assert "With as many classes as this model has, the sizes match and its trained head is kept" in card
+    assert "get a fresh head" not in card
 
 
 def test_the_onnx_snippet_runs_on_the_graph_training_exported_and_agrees_with_pipeline(our_folder,
