@@ -45,6 +45,9 @@ PATH_FIELDS = ("data_dir", "dataset", "labels_file", "backbone", "cache_dir", "p
 # TrainingArguments that check the machine (a GPU, bf16, DeepSpeed): a record written on a GPU loads anywhere
 HARDWARE_ARGS = ("bf16", "fp16", "tf32", "bf16_full_eval", "fp16_full_eval", "deepspeed", "fsdp", "fsdp_config",
                  "use_cpu", "torch_compile", "half_precision_backend")
+# TrainingArguments for the processes of torchrun / accelerate launch, which one process refuses: never loaded back
+LAUNCH_ARGS = ("ddp_backend",)
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # set by torchrun / accelerate launch for each process
 
 
 @dataclass
@@ -186,9 +189,14 @@ DATALOADER_WORKERS_ON_GPU = 4  # per rank: decoding and augmenting photos must k
 def hardware_defaults() -> dict:
     """TrainingArguments defaults that depend on the machine: on a GPU, pinned memory and ``DATALOADER_WORKERS_ON_GPU``
     persistent workers per rank (capped by the CPUs); on a CPU, loading in the training process, which the cores
-    are busy with anyway."""
+    are busy with anyway, and ``use_cpu`` under a launcher (``LOCAL_RANK`` set)."""
     if not torch.cuda.is_available():
-        return {"dataloader_pin_memory": False, "dataloader_num_workers": 0, "dataloader_persistent_workers": False}
+        on_cpu = {"dataloader_pin_memory": False, "dataloader_num_workers": 0, "dataloader_persistent_workers": False}
+        if "LOCAL_RANK" in os.environ and torch.accelerator.current_accelerator(check_available=True) is None:
+            # accelerate wraps the model in DDP on CPUs only with use_cpu: without it each process would train its
+            # own copy on its share of the photos, gradients never averaged, and rank 0 save a model of half the data
+            on_cpu["use_cpu"] = True
+        return on_cpu
     workers = min(DATALOADER_WORKERS_ON_GPU, max(1, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())))
     return {"dataloader_pin_memory": True, "dataloader_num_workers": workers, "dataloader_persistent_workers": True}
 
@@ -232,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     came from ``--preset`` or ``--preset_file`` rather than the command line is said to.
     """
     argv = sys.argv[1:] if argv is None else argv
+    launched = {name: os.environ[name] for name in LAUNCHER_VARIABLES if name in os.environ}  # accelerate adds some
     parser = HfArgumentParser((TrainConfig, TrainingArguments), prog=program(), epilog=TRAIN_EXIT_STATUSES)
     # an error's line must not drown under the usage of ~200 TrainingArguments flags: --help lists them
     parser.format_usage = lambda: (f"usage: {parser.prog} --data_dir DIR | --dataset ID --output_dir DIR [options]"
@@ -260,7 +269,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
     try:
         cfg, args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as err:  # raised by TrainConfig.__post_init__ or TrainingArguments' own checks
-        error(str(err))
+        error(str(err) + launcher_hint(str(err), launched))
     if not cfg.data_dir and not cfg.dataset:
         parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
     if cfg.data_dir and Path(args.output_dir).resolve().is_relative_to(Path(cfg.data_dir).resolve()):
@@ -271,7 +280,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
                      "without --push_to_hub, then train the model to publish without --cv_folds")
     for message in training_args_problems(args):
         error(message)
+    if args.dataloader_persistent_workers and args.dataloader_num_workers == 0:  # a GPU's default, and workers 0
+        args = dataclasses.replace(args, dataloader_persistent_workers=False)  # torch's DataLoader refuses the pair
     return cfg, args
+
+
+def launcher_hint(message: str, launched: dict[str, str]) -> str:
+    """What to do when torch.distributed could not start: from ``launched``, launcher variables (name -> value) that
+    no launcher set, or without them, for a ``--ddp_backend`` given to one process; '' for any other error."""
+    if "Default process group has not been initialized" in message and not launched:  # accelerate, on ddp_backend
+        return (" (--ddp_backend sets how the processes of torchrun or accelerate launch talk to each other: drop it "
+                "to train in one process)")
+    if "env:// rendezvous" not in message or not launched:
+        return ""
+    found = " ".join(f"{name}={value}" for name, value in launched.items())
+    return (f" (the environment sets {found}, so transformers starts torch.distributed: unset "
+            f"{', '.join(LAUNCHER_VARIABLES)} to train in one process, or start the processes with torchrun "
+            "--nproc_per_node N)")
 
 
 def read_preset_file(parser: argparse.ArgumentParser, path: str) -> dict:
@@ -388,7 +413,8 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
     Raises ``FileNotFoundError`` when the folder holds no ``hf_model_config.json`` (not trained by
     ``train.py``). Records written before ``training_args`` was stored give the recorded seed and
     ``TrainingArguments`` defaults for the rest; those written before ``label_names`` and ``finished``
-    give no class names and count as finished (they were only written at the end of a run).
+    give no class names and count as finished (they were only written at the end of a run). The launcher's
+    ``ddp_backend`` is not loaded back: one process refuses it.
     """
     path = Path(model_dir) / RUN_CONFIG_FILE
     if not path.is_file():
@@ -401,7 +427,7 @@ def load_run_config(model_dir: str | Path) -> RunRecord:
     config = TrainConfig(**{k: v for k, v in raw["config"].items() if k in known})
     args = raw.get("training_args") or {"output_dir": str(model_dir), "seed": raw.get("seed", DEFAULT_SEED)}
     init = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-    args = {k: v for k, v in args.items() if k in init}
+    args = {k: v for k, v in args.items() if k in init and k not in LAUNCH_ARGS}
     try:
         training_args = TrainingArguments(**args)
     except ValueError as err:  # e.g. bf16 recorded on a GPU, loaded on a CPU: the rest of the record still holds

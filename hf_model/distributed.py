@@ -68,12 +68,14 @@ def for_devices(cfg: TrainConfig, args: TrainingArguments) -> tuple[TrainConfig,
         return (dataclasses.replace(cfg, head_learning_rate=cfg.head_learning_rate * devices),
                 dataclasses.replace(args, learning_rate=args.learning_rate * devices))
     share = per_device_share(given, devices, KEEP_GLOBAL)
-    logger.info("%d devices (%s): %d photos per device, so the global batch stays %d as on one device "
-                "(--multi_device_batch keep_global; scale_lr keeps %d per device and scales the learning rate)",
-                devices, how, share, share * devices, given)
-    if share * devices != given:
-        logger.warning("--per_device_train_batch_size %d does not divide over %d devices: the global batch is %d, "
-                       "not %d", given, devices, share * devices, given)
+    if share * devices == given:
+        logger.info("%d devices (%s): %d photos per device, so the global batch stays %d as on one device "
+                    "(--multi_device_batch keep_global; scale_lr keeps %d per device and scales the learning rate)",
+                    devices, how, share, given, given)
+    else:
+        logger.warning("%d devices (%s): --per_device_train_batch_size %d does not divide over %d devices: the global "
+                       "batch is %d, not %d (%d per device; give a multiple of %d to keep the recipe of one "
+                       "device)", devices, how, given, devices, share * devices, given, share, devices)
     return cfg, dataclasses.replace(args, per_device_train_batch_size=share)
 
 

@@ -225,8 +225,9 @@ def exported_backbone(folder: str | Path, device: torch.device) -> OnnxModel | N
     """The graph of a backbone in this package's cache (e.g. the out-of-domain gate), exported on first use.
 
     Safe for several processes at once: one exports under a lock file (``fcntl.flock``, released when the process
-    dies) while the others wait, then load what it wrote. None when ONNX Runtime cannot run on ``device`` or the
-    export fails (logged): the caller runs PyTorch.
+    dies) while the others wait, then load what it wrote. A graph already there is loaded without the lock, so a
+    read-only cache (baked into an image, another user's) serves it. None when ONNX Runtime cannot run on
+    ``device``, the export fails or the cache cannot be written (logged): the caller runs PyTorch.
     """
     folder = Path(folder)
     if runtime_for(device) is not None:
@@ -234,7 +235,15 @@ def exported_backbone(folder: str | Path, device: torch.device) -> OnnxModel | N
     processor = load_image_processor(str(folder))
     input_size = lean_preprocessing(processor)(made_photos(1)[0]).shape[1:]
     num_labels = load_config(str(folder)).num_labels
-    with open(folder.parent / f".{folder.name}.onnx.lock", "w") as lock:
+    graph = load_exported(folder, device, input_size, num_labels)
+    if graph is not None:
+        return graph
+    try:
+        lock = open(folder.parent / f".{folder.name}.onnx.lock", "w")
+    except OSError as err:  # a read-only cache: nothing can be exported into it
+        logger.warning("%s cannot be exported to ONNX there (%s): it runs in PyTorch, slower on a CPU", folder, err)
+        return None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         graph = load_exported(folder, device, input_size, num_labels)
         if graph is None:
@@ -248,12 +257,16 @@ def check_photos(model_dir: Path, folders: list[str] | None, limit: int = CHECK_
     """Up to ``limit`` photos to check a graph on, spread over the list, with what they are (for people).
 
     From ``folders`` (``--photos``) when given; else from the training folder the run record names, when it is
-    still there; else none (None: made photos). Raises :class:`UserInputError` when ``folders`` hold no photo.
+    still there; else none (None: made photos). Raises :class:`UserInputError` when one of ``folders`` does not
+    exist or they hold no photo.
     """
     from hf_model.predict import read_photo
     from hf_model.run_folder import read_record
 
     if folders:
+        missing = [folder for folder in folders if not Path(folder).exists()]
+        if missing:
+            raise UserInputError(f"--photos {' '.join(missing)}: no such file or folder")
         files = [path for folder in folders for path in (list_images(folder) if Path(folder).is_dir()
                                                          else [Path(folder)])]
         source = f"photos from {', '.join(folders)}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import os
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -147,6 +148,8 @@ def unreadable_reason(err: Exception) -> str:
         return f"not a readable image: too many pixels, refused as a possible decompression bomb ({err})"
     if isinstance(err, UnidentifiedImageError):
         return "not a readable image: empty, or not in any image format Pillow knows"
+    if isinstance(err, OSError) and err.errno is not None:  # the file system's refusal, not the image's content
+        return f"not a readable image: the file cannot be opened ({err.strerror})"
     if isinstance(err, OSError):
         return f"not a readable image: damaged or cut short ({err})"
     return f"not a readable image ({type(err).__name__}: {err})"
@@ -262,13 +265,19 @@ def write_rows(out: IO[str], rows: Iterator[dict]) -> Counter:
     for row in rows:
         if "error" in row:
             counts["skipped" if row.get("skipped") else "unreadable"] += 1
-            writer.writerow([row["file"], "", "", "", row["error"]])
+            writer.writerow([shown_name(row["file"]), "", "", "", row["error"]])
             continue
         counts["labeled"] += 1
         best = row["predictions"][0]
         top = "; ".join(f"{p['label']}={p['score']:.4f}" for p in row["predictions"])
-        writer.writerow([row["file"], best["label"], f"{best['score']:.4f}", top, ""])
+        writer.writerow([shown_name(row["file"]), best["label"], f"{best['score']:.4f}", top, ""])
     return counts
+
+
+def shown_name(file: str) -> str:
+    """``file`` as valid UTF-8 text: bytes of a name that are not UTF-8 (a Latin-1 ``caf\\xe9.jpg`` from an old
+    camera or archive; Python holds them as surrogates, which no UTF-8 file accepts) written as ``\\xNN`` escapes."""
+    return os.fsencode(file).decode("utf-8", "backslashreplace")
 
 
 class NothingLabeledError(UserInputError):
@@ -322,8 +331,8 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
     rows = tqdm(label_entries(labeler, entries, top_k, args.batch_size), total=len(entries), unit="photo",
                 file=sys.stderr, disable=None, desc="labeling")  # disable=None: no bar unless stderr is a terminal
-    if args.output:
-        with atomic_write(args.output, newline="") as out:  # a killed run leaves no half CSV under the real name
+    if args.output:  # a killed or stopped run leaves no half CSV under the real name
+        with atomic_write(args.output, newline="") as out:
             counts = write_rows(out, rows)
     else:
         counts = write_rows(sys.stdout, rows)

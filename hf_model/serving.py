@@ -1,7 +1,7 @@
 """Serving: load a trained classifier once, then answer one photo at a time (the Space's engine).
 
 - :func:`open_photo` turns any upload into an upright RGB image, or raises :class:`UnreadablePhotoError`
-  with a sentence a person can act on (not an image, damaged, too big, too small).
+  with a sentence a person can act on (not an image, damaged, too big, too small, too elongated).
 - :class:`Classifier` loads a model folder or Hub id with its :class:`Calibration` (``calibration.json``
   beside ``config.json``, written by :mod:`hf_model.calibration`) and returns a :class:`Prediction`:
   the top-k scores, a verdict (sure, unsure, out of domain), one plain sentence and an optional heat map.
@@ -68,6 +68,10 @@ SHOWN_PROBABILITY_RANGE = (0.01, 0.99)
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 DRAFT_SIDE = 1024
 MIN_SIDE = 16
+# The model's processor resizes the short side to ~the model's size and keeps the aspect ratio: a strip of a few KB
+# (16 x 5,000,000 pixels, under the pixel limit) would become a resized image of hundreds of GB and take the server
+# down. No photo is this elongated; phone panoramas stay under about 10:1.
+MAX_ASPECT_RATIO = 20
 HEATMAP_SIDE = 448
 SURE, UNSURE, OUT_OF_DOMAIN = "sure", "unsure", "out_of_domain"
 
@@ -118,6 +122,11 @@ def open_photo(source) -> Image.Image:
         raise UnreadablePhotoError(
             f"This image is too big to classify ({width} x {height} pixels; the limit is "
             f"{MAX_PIXELS / 1e6:.0f} megapixels). Please resize it and try again."
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise UnreadablePhotoError(
+            f"This image is too elongated to classify ({width} x {height} pixels; the long side may be at most "
+            f"{MAX_ASPECT_RATIO} times the short one). Please crop it and try again."
         )
     image.draft(None, (DRAFT_SIDE, DRAFT_SIDE))  # JPEG only; a no-op for other formats
     try:

@@ -39,7 +39,13 @@ from hf_model.backbones import (
 )
 from hf_model.config import MANY_PHOTOS, RunRecord, TrainConfig, parse_args, program
 from hf_model.data import HAND_LABELED_SPLITS, load_data, training_photos
-from hf_model.distributed import devices_in_step, for_devices, global_batch_size, per_device_share
+from hf_model.distributed import (
+    devices_in_step,
+    for_devices,
+    global_batch_size,
+    main_process_result,
+    per_device_share,
+)
 from hf_model.exit_status import command
 from hf_model.experiments import cross_validate, teach
 from hf_model.export import CHECK_PHOTOS, export_or_warn
@@ -50,7 +56,7 @@ from hf_model.hub import publish_trained_model, repo_to_push
 from hf_model.metrics import build_compute_metrics, softmax, split_metrics
 from hf_model.predict import view_probabilities
 from hf_model.reports import LearningCurvesCallback, metrics_line, write_reports
-from hf_model.run_folder import STAGING_DIR, move_into, plan_run, save_results
+from hf_model.run_folder import STAGING_DIR, RunPlan, move_into, plan_run, save_results
 from hf_model.temperature import (
     TEMPERATURE_RANGE,
     calibrate_logits,
@@ -103,7 +109,7 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
     record = RunRecord(cfg, args, command, cv_fold, cfg.image_size or default_image_size(cfg.backbone),
                        data.label_source, _split_sizes(data), list(label_names), finished=False,
                        devices=devices, global_batch_size=global_batch_size(stage_args))
-    plan = plan_run(args, cfg.resume, record)
+    plan = shared_plan(args, cfg.resume, record)
     if plan.finished is not None:
         return report_finished(args, plan.finished, push_to)
     if args.should_save:
@@ -145,6 +151,16 @@ def train(cfg: TrainConfig, args: TrainingArguments, command: str = "",
         if push_to:
             publish_trained_model(args.output_dir, push_to, args)
     return metrics
+
+
+def shared_plan(args: TrainingArguments, resume: bool, record: RunRecord) -> RunPlan:
+    """:func:`~hf_model.run_folder.plan_run` decided by the main process, which alone writes the folder, for every rank.
+
+    A rank that looked at the folder itself could see the record the main process had just written and no
+    checkpoint yet, and stop as if the folder held another program's files (seen in ``--cv_folds`` under torchrun).
+    Raises :class:`~hf_model.run_folder.RunFolderError` on every rank when the folder holds another run.
+    """
+    return main_process_result(lambda: plan_run(args, resume, record))
 
 
 def choose_recipe(cfg: TrainConfig, data: DatasetDict) -> TrainConfig:

@@ -231,3 +231,63 @@ def test_on_a_gpu_photos_load_in_persistent_workers_and_on_a_cpu_in_the_training
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert hardware_defaults() == {"dataloader_pin_memory": True, "dataloader_num_workers": 2,
                                    "dataloader_persistent_workers": True}  # 16 CPUs shared by 8 ranks
+
+
+def test_zero_dataloader_workers_turn_persistent_workers_off_which_torch_refuses_without_workers():
+    # a GPU's defaults are 4 persistent workers; --dataloader_num_workers 0 (to debug) kept persistent on
+    _, args = parse_args(["--data_dir", "x", "--output_dir", "o", "--dataloader_num_workers", "0",
+                          "--dataloader_persistent_workers", "true"])
+    assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (0, False)
+
+
+def test_under_a_launcher_on_a_machine_without_gpu_training_runs_on_the_cpus_so_accelerate_wraps_it_in_ddp(
+        monkeypatch, no_accelerator):
+    import torch
+
+    from hf_model.config import hardware_defaults
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert "use_cpu" not in hardware_defaults()  # one process: nothing to wrap
+    monkeypatch.setenv("LOCAL_RANK", "1")  # torchrun / accelerate launch
+    assert hardware_defaults()["use_cpu"] is True
+
+
+def test_launcher_variables_left_in_the_environment_are_named_with_what_to_do(monkeypatch, capsys):
+    monkeypatch.setenv("LOCAL_RANK", "0")  # e.g. exported by a notebook, then python train.py without torchrun
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else accelerate sets this process's threads
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # remembered as absent, so what accelerate writes there is undone afterwards
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--data_dir", "x", "--output_dir", "o"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("(the environment sets LOCAL_RANK=0, so transformers starts torch.distributed: unset RANK, "
+                         "WORLD_SIZE, LOCAL_RANK to train in one process, or start the processes with torchrun "
+                         "--nproc_per_node N)")
+
+
+def test_ddp_backend_in_one_process_says_it_is_for_the_processes_of_a_launcher(monkeypatch, capsys):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)  # python train.py, not torchrun
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--data_dir", "x", "--output_dir", "o", "--ddp_backend", "gloo"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "(--ddp_backend sets how the processes of torchrun or accelerate launch talk to each other: drop it to "
+        "train in one process)")
+
+
+def test_a_record_written_by_torchrun_with_a_ddp_backend_loads_back_in_one_process(tmp_path, caplog):
+    # the README's CPU recipe (torchrun ... --ddp_backend gloo): calibrate, publish and study read the record in one
+    # process, where TrainingArguments(ddp_backend="gloo") raises
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(tmp_path),
+                            "--per_device_train_batch_size", "8"])
+    RunRecord(cfg, args, devices=2, global_batch_size=8).save(tmp_path)
+    raw = json.loads((tmp_path / "hf_model_config.json").read_text())
+    raw["training_args"].update(ddp_backend="gloo", use_cpu=True)
+    (tmp_path / "hf_model_config.json").write_text(json.dumps(raw))
+    record = load_run_config(tmp_path)
+    assert (record.devices, record.global_batch_size) == (2, 8)
+    assert record.training_args.per_device_train_batch_size == 8 and record.training_args.ddp_backend is None
+    assert record.training_args.use_cpu and "without its hardware settings" not in caplog.text

@@ -57,7 +57,17 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_rounded_up_and_said(mo
     on_devices(monkeypatch, 3)
     _, run_args = for_devices(cfg, args)
     assert run_args.per_device_train_batch_size == 6
-    assert "does not divide over 3 devices: the global batch is 18, not 16" in caplog.text
+    assert "does not divide over 3 devices: the global batch is 18, not 16 (6 per device" in caplog.text
+
+
+def test_a_per_device_batch_smaller_than_the_devices_is_not_said_to_keep_the_global_batch(monkeypatch, caplog):
+    cfg, args = parse_args(["--data_dir", "photos", "--output_dir", "out", "--per_device_train_batch_size", "1"])
+    on_devices(monkeypatch, 2)
+    with caplog.at_level(logging.INFO, logger="hf_model"):
+        _, run_args = for_devices(cfg, args)
+    assert run_args.per_device_train_batch_size == 1 and global_batch_size(run_args) == 2
+    assert "as on one device" not in caplog.text  # it said "the global batch stays 2 as on one device"
+    assert "the global batch is 2, not 1 (1 per device; give a multiple of 2" in caplog.text
 
 
 def test_one_device_leaves_the_recipe_as_given():
@@ -184,3 +194,68 @@ def test_four_gloo_processes_on_a_fresh_cache_share_the_work_and_match_one_proce
     for r in range(WORLD):
         np.testing.assert_allclose(np.load(tmp_path / f"features{r}.npy"), alone, atol=2e-3)
     assert [p.name for p in (tmp_path / "cache" / "backbones").iterdir() if p.is_dir()] == ["efficientnet-lite0"]
+
+
+class _Linear(torch.nn.Module):
+    """Two weights and a loss: enough to see whether gradients are averaged between processes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.linear(x)
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def _torchrun_rank(rank: int, world: int, root: str) -> None:
+    """One process as torchrun starts it on a machine without a GPU: launcher variables set, then train.py's flags;
+    it trains a tiny model with ``Trainer`` and plans its output folder."""
+    import os
+    from pathlib import Path
+
+    from transformers import Trainer
+
+    import hf_model.training as training
+    from hf_model.run_folder import RunPlan
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{Path(root) / 'rendezvous'}", rank=rank,
+                                         world_size=world)  # what env:// would do, without a fixed port
+    report = {}
+    try:
+        torch.set_num_threads(1)
+        cfg, args = parse_args(["--data_dir", "photos", "--output_dir", str(Path(root) / "out"), "--max_steps", "3",
+                                "--per_device_train_batch_size", "2", "--save_strategy", "no", "--eval_strategy", "no",
+                                "--disable_tqdm", "true"])
+        rows = [{"x": torch.tensor([float(i), 1.0]), "labels": torch.tensor(i % 2)} for i in range(16)]
+        trainer = Trainer(model=_Linear(), args=args, train_dataset=rows)
+        trainer.train()
+        report["weights"] = trainer.model.linear.weight.detach().flatten().tolist()
+        report["wrapped"] = type(trainer.model_wrapped).__name__
+        # each rank would see the folder as it is at that moment: another rank's record, written a moment ago
+        training.plan_run = lambda *_: RunPlan(resume_from=f"what rank {rank} saw")
+        report["plan"] = training.shared_plan(args, True, RunRecord(cfg, args)).resume_from
+    finally:
+        (Path(root) / f"job{rank}.json").write_text(json.dumps(report))
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def torchrun_on_cpus(tmp_path_factory) -> list[dict]:
+    """What each of 2 processes started as by torchrun on this CPU machine (no ``--ddp_backend``) reported."""
+    root = tmp_path_factory.mktemp("torchrun")
+    torch.multiprocessing.spawn(_torchrun_rank, args=(2, str(root)), nprocs=2, join=True)
+    return [json.loads((root / f"job{rank}.json").read_text()) for rank in range(2)]
+
+
+def test_torchrun_on_cpus_trains_one_model_with_gradients_averaged_between_the_processes(torchrun_on_cpus):
+    # without use_cpu, accelerate leaves the model unwrapped on a CPU: each process trained its own copy on its
+    # share of the photos, and rank 0 saved a model of half of them
+    assert [rank["wrapped"] for rank in torchrun_on_cpus] == ["DistributedDataParallel"] * 2
+    assert torchrun_on_cpus[0]["weights"] == torchrun_on_cpus[1]["weights"]
+
+
+def test_what_a_run_does_with_its_output_folder_is_decided_by_the_main_process_for_every_rank(torchrun_on_cpus):
+    assert [rank["plan"] for rank in torchrun_on_cpus] == ["what rank 0 saw"] * 2

@@ -11,7 +11,7 @@ import pytest
 
 from hf_model.cli import COMMANDS
 from hf_model.cli import main as hf_model
-from hf_model.exit_status import INTERRUPTED, UserInputError, command
+from hf_model.exit_status import INTERRUPTED, TERMINATED, UserInputError, command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,42 @@ def test_ctrl_c_exits_130_saying_interrupted(capsys):
     assert "hf-model demo: interrupted" in capsys.readouterr().err
 
 
+STOPPED_BY_A_SCHEDULER = """
+import os, signal, sys
+from hf_model.exit_status import command
+
+@command("hf-model demo", resume_hint="rerun to continue")
+def main(argv):
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, Slurm's preemption, torchrun stopping the other ranks
+        signal.pause()
+    finally:
+        open(sys.argv[1], "w").write("cleaned up")  # what an atomic write's `finally` does with its temporary file
+
+main([])
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_sigterm_exits_143_saying_stopped_after_the_command_cleans_up(tmp_path, debug):
+    marker = tmp_path / "marker"
+    env = {**os.environ, "HF_MODEL_DEBUG": "1" if debug else "0"}
+    done = subprocess.run([sys.executable, "-c", STOPPED_BY_A_SCHEDULER, str(marker)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == TERMINATED == 143  # 128 + SIGTERM: the status shells and schedulers read
+    assert "hf-model demo: stopped (SIGTERM); rerun to continue" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert marker.read_text() == "cleaned up"
+
+
+def test_sigterm_is_left_as_it_was_after_the_command():
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert demo(["a.jpg"]) == ["a.jpg"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.parametrize("argv", [["user", "--debug"], ["--debug", "user"]])
 def test_debug_flag_shows_the_traceback_and_is_not_passed_on(argv):
     with pytest.raises(UserInputError, match="no class folders found"):
@@ -87,7 +123,7 @@ def _help(argv: list[str], capsys) -> str:
 def test_every_commands_help_lists_its_exit_statuses(argv, capsys):
     text = _help(argv, capsys)
     assert "exit status: 0 " in text and "; 1 " in text
-    assert "2 usage error in the flags; 130 interrupted" in text
+    assert "2 usage error in the flags; 130 interrupted; 143 stopped" in text
     assert "--debug" in text
 
 

@@ -165,6 +165,36 @@ def test_a_backbone_is_exported_once_when_several_users_start_together(tiny_conv
     assert exported_backbone(folder, CPU) is not None and len(exports) == 1  # a later start finds it made
 
 
+def read_only(folder: Path, monkeypatch) -> None:
+    """Opening a file under ``folder`` for writing fails as on a read-only cache (tests may run as root, whom
+    file modes do not stop)."""
+    import builtins
+
+    def refusing(file, mode="r", *args, **kwargs):
+        if "r" not in mode and Path(file).resolve().is_relative_to(folder.resolve()):
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(export, "open", refusing, raising=False)
+
+
+def test_a_backbone_exported_before_is_served_from_a_read_only_cache(exported, tmp_path, monkeypatch):
+    folder = Path(shutil.copytree(exported, tmp_path / "backbones" / "tiny"))
+    read_only(tmp_path / "backbones", monkeypatch)
+    graph = exported_backbone(folder, CPU)
+    assert isinstance(graph, OnnxModel) and graph.num_labels == 10
+
+
+def test_a_read_only_cache_without_the_graph_runs_pytorch_with_a_warning(tiny_convnext, tmp_path, monkeypatch,
+                                                                          caplog):
+    folder = Path(shutil.copytree(tiny_convnext, tmp_path / "backbones" / "tiny"))
+    read_only(tmp_path / "backbones", monkeypatch)
+    monkeypatch.setattr(export, "export_model", lambda *a, **k: pytest.fail("nothing can be written there"))
+    with caplog.at_level(logging.WARNING):
+        assert exported_backbone(folder, CPU) is None
+    assert f"{folder} cannot be exported to ONNX there" in caplog.text and "Permission denied" in caplog.text
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -218,4 +248,13 @@ def test_an_unfinished_run_is_not_exported(tiny_convnext, tmp_path):
     with pytest.raises(SystemExit) as stop:
         main([str(folder)])
     assert "holds a run that did not finish" in str(stop.value.code)
+    assert not (folder / ONNX_FILE).exists()
+
+
+def test_photos_that_do_not_exist_are_named_as_missing(tiny_convnext, tmp_path):
+    folder = Path(shutil.copytree(tiny_convnext, tmp_path / "model"))
+    make_photo(tmp_path / "photos" / "a.jpg", (30, 30, 200))
+    with pytest.raises(SystemExit) as stop:
+        main([str(folder), "--photos", str(tmp_path / "photos"), str(tmp_path / "phtos")])  # a typo
+    assert stop.value.code == f"hf-model export: error: --photos {tmp_path / 'phtos'}: no such file or folder"
     assert not (folder / ONNX_FILE).exists()

@@ -418,3 +418,59 @@ def test_a_progress_bar_counts_the_photos_on_a_terminal(exported_dir, tmp_path, 
     folder = mixed_folder(tmp_path / "photos")
     main([str(exported_dir), str(folder), "--output", str(tmp_path / "out.csv")])
     assert "labeling" in terminal.getvalue() and "9/9" in terminal.getvalue()
+
+
+# ---------------------------------------------------------------- what real folders hold (issue 15, tried anew)
+
+
+def test_a_run_stopped_with_sigterm_leaves_the_old_csv_and_no_temporary_file(model_dir, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    for i in range(8):
+        make_photo(tmp_path / "photos" / f"{i}.jpg", (90, 160, 90), seed=i)
+    output = tmp_path / "predictions.csv"
+    output.write_text("the previous run's rows\n")
+    calls = iter(range(100))
+
+    def stopped_on_the_third(path):
+        if next(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, a scheduler's stop: mid-run, from a decoding thread
+        return read_photo(path)
+
+    monkeypatch.setattr("hf_model.predict.read_photo", stopped_on_the_third)
+    # what SIGTERM does here when the command leaves it alone: nothing (its default would end pytest itself)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == 143  # 128 + SIGTERM, what a shell reports
+    assert output.read_text() == "the previous run's rows\n"
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_row_with_the_odd_bytes_escaped(model_dir, tmp_path):
+    import os
+
+    folder = tmp_path / "photos"
+    make_photo(folder / "a.jpg", (90, 160, 90))
+    os.rename(make_photo(folder / "b.jpg", (90, 160, 90)), os.fsencode(folder) + b"/caf\xe9.jpg")  # Latin-1 name
+    output = tmp_path / "predictions.csv"
+    main([str(model_dir), str(folder), "--output", str(output)])
+    with output.open(encoding="utf-8", newline="") as f:  # strict: the CSV is valid UTF-8
+        rows = list(csv.DictReader(f))
+    assert [(row["file"], row["label"]) for row in rows] == [(f"{folder}/a.jpg", "owl"),
+                                                             (f"{folder}/caf\\xe9.jpg", "owl")]
+
+
+def test_a_file_that_cannot_be_opened_is_not_called_damaged(model_dir, tmp_path):
+    from hf_model.predict import label_files, load_labeler
+
+    photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
+    gone = tmp_path / "moved_away_during_the_run.jpg"  # listed, then moved by a sync client before it was read
+    rows = list(label_files(load_labeler(str(model_dir), "cpu"), [photo, gone]))
+    assert rows[0]["predictions"][0]["label"] == "owl"
+    assert rows[1] == {"file": str(gone), "error": "not a readable image: the file cannot be opened (No such file or "
+                                                   "directory)"}

@@ -168,6 +168,11 @@ def test_exif_rotated_photo_is_turned_upright(tmp_path):
     assert image.size == (40, 60)
 
 
+def test_a_wide_panorama_is_still_classified(tmp_path):
+    image = open_photo(saved(photo(size=(1900, 100)), tmp_path / "panorama.png"))  # 19:1, just under the limit
+    assert image.size == (1900, 100)
+
+
 def test_big_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
     big = saved(photo(size=(4800, 3600)), tmp_path / "big.jpg", quality=50)
     image = open_photo(big)
@@ -183,6 +188,7 @@ def test_big_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
         ("jpeg-header-only", "damaged"),
         ("huge-png", "too big"),
         ("tiny-png", "too small"),
+        ("strip-png", r"too elongated to classify \(16 x 2000000 pixels; the long side may be at most 20 times"),
     ],
 )
 def test_unreadable_uploads_get_a_clear_message(tmp_path, content, message):
@@ -199,6 +205,8 @@ def test_unreadable_uploads_get_a_clear_message(tmp_path, content, message):
         Image.new("1", (10_000, 9_000)).save(path, format="PNG")  # 90 megapixels, a few KB on disk
     elif content == "tiny-png":
         Image.new("RGB", (8, 8)).save(path, format="PNG")
+    elif content == "strip-png":  # a few KB; resized to the model's size it would take some 20 GB
+        Image.new("1", (16, 2_000_000)).save(path, format="PNG")
     else:
         path.write_bytes(content)
     with pytest.raises(UnreadablePhotoError, match=message):
