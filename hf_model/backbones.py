@@ -13,11 +13,14 @@ import difflib
 import fcntl
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,8 @@ import torch
 
 from hf_model.adapters import adapter_for
 from hf_model.exit_status import UserInputError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -281,14 +286,22 @@ def load_model(source: str, labels: list[str], image_size: int | None = None):
     # note: set on the loaded config, not passed as num_labels=...: that warns of a conflict with the saved id2label
     config.id2label = dict(enumerate(labels))  # num_labels follows
     config.label2id = {name: i for i, name in enumerate(labels)}
-    model = AutoModelForImageClassification.from_pretrained(
-        source,
-        config=config,
-        ignore_mismatched_sizes=True,
-        use_safetensors=True,  # weights only from safetensors: a pickle could run code
-    )
+    with held_back_load_report() as report:
+        model, loading = AutoModelForImageClassification.from_pretrained(
+            source,
+            config=config,
+            ignore_mismatched_sizes=True,
+            use_safetensors=True,  # weights only from safetensors: a pickle could run code
+            output_loading_info=True,
+        )
     adapter = adapter_for(model)
     head = adapter.classifier(model)
+    if only_the_head_is_new(model, head, loading):  # asked for: one line instead of transformers' MISMATCH table
+        if loading["mismatched_keys"] or loading["missing_keys"]:
+            logger.info("%s: a new head for %d classes (%s had %d)", source, len(labels),
+                        "its head" if known else "it", len(known))
+    else:
+        report.release()
     if sorted(known) == sorted(labels):
         with torch.no_grad():  # row i of a linear head is class i's
             for weights in head.parameters():
@@ -299,6 +312,49 @@ def load_model(source: str, labels: list[str], image_size: int | None = None):
     if image_size:
         adapter.set_image_size(model, image_size)
     return model
+
+
+class HeldBackLoadReport(logging.Filter):
+    """Holds back transformers' ``LOAD REPORT`` warnings (``transformers.modeling_utils``) until :meth:`release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+    def release(self) -> None:
+        """Log what was held back, as transformers would have."""
+        for record in self.held:
+            TRANSFORMERS_LOADING_LOGGER.handle(record)
+        self.held = []
+
+
+TRANSFORMERS_LOADING_LOGGER = logging.getLogger("transformers.modeling_utils")
+
+
+@contextmanager
+def held_back_load_report() -> Iterator[HeldBackLoadReport]:
+    """While the block runs, transformers' load report is held back for the caller to release or drop."""
+    report = HeldBackLoadReport()
+    TRANSFORMERS_LOADING_LOGGER.addFilter(report)
+    try:
+        yield report
+    finally:
+        TRANSFORMERS_LOADING_LOGGER.removeFilter(report)
+
+
+def only_the_head_is_new(model: torch.nn.Module, head: torch.nn.Module, loading: dict) -> bool:
+    """Whether ``from_pretrained``'s ``loading`` info (``output_loading_info=True``) reports nothing but the head's
+    weights, missing or of another shape: the new head a fine-tune asks for, not a fault to show."""
+    head_ids = {id(weights) for weights in head.parameters()}
+    head_keys = {name for name, weights in model.named_parameters() if id(weights) in head_ids}
+    new = set(loading["missing_keys"]) | {key for key, *_ in loading["mismatched_keys"]}
+    return not loading["unexpected_keys"] and not loading["error_msgs"] and new <= head_keys
 
 
 def class_names(config) -> list[str]:

@@ -272,6 +272,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, TrainingArgu
         error(str(err) + launcher_hint(str(err), launched))
     if not cfg.data_dir and not cfg.dataset:
         parser.error("give --data_dir (a folder of photos) or --dataset (a Hub dataset id)")
+    if preset.output_dir is None and "output_dir" not in settings:  # else transformers' ./trainer_output, unasked
+        parser.error("give --output_dir: the folder the model, its card and reports go to (e.g. runs/my_model)")
     if cfg.data_dir and Path(args.output_dir).resolve().is_relative_to(Path(cfg.data_dir).resolve()):
         parser.error(f"--output_dir {args.output_dir} is inside --data_dir {cfg.data_dir}: the run's plots would be "
                      "read as photos (a class of their own) by the next run; choose a folder outside the photos")

@@ -145,3 +145,23 @@ def test_processes_converting_the_same_backbone_at_once_convert_it_once_and_all_
     assert errors == [] and len(conversions) == 1
     assert set(sources) == {str(tmp_path / "backbones" / "efficientnet-lite0")}
     assert [p.name for p in (tmp_path / "backbones").iterdir() if p.is_dir()] == ["efficientnet-lite0"]  # no temp
+
+
+def test_the_new_head_a_fine_tune_asks_for_is_one_line_not_transformers_mismatch_table(tiny_convnext, caplog):
+    with caplog.at_level("INFO"):
+        load_model(tiny_convnext, ["a", "b"])
+    assert "LOAD REPORT" not in caplog.text  # transformers logged a MISMATCH table for the 10-class head
+    assert f"{tiny_convnext}: a new head for 2 classes (its head had 10)" in caplog.text
+
+
+def test_weights_that_do_not_fit_outside_the_head_still_get_transformers_report(tiny_convnext, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny_convnext, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["convnext.extra.weight"] = torch.zeros(3)  # a key the architecture does not have
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="transformers.modeling_utils"):
+        load_model(str(folder), ["a", "b"])
+    assert "LOAD REPORT" in caplog.text and "convnext.extra.weight" in caplog.text

@@ -291,3 +291,18 @@ def test_a_record_written_by_torchrun_with_a_ddp_backend_loads_back_in_one_proce
     assert (record.devices, record.global_batch_size) == (2, 8)
     assert record.training_args.per_device_train_batch_size == 8 and record.training_args.ddp_backend is None
     assert record.training_args.use_cpu and "without its hardware settings" not in caplog.text
+
+
+def test_a_run_without_output_dir_is_a_usage_error_not_a_model_in_trainer_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = _usage_error(["--preset", "bedrooms", "--data_dir", "x"], capsys)
+    assert lines[-1].endswith("error: give --output_dir: the folder the model, its card and reports go to "
+                              "(e.g. runs/my_model)")
+    assert not (tmp_path / "trainer_output").exists()
+
+
+def test_output_dir_from_a_preset_file_counts_as_given(tmp_path):
+    preset = tmp_path / "mine.json"
+    preset.write_text(json.dumps({"output_dir": str(tmp_path / "runs")}))
+    _, args = parse_args(["--preset_file", str(preset), "--data_dir", "x"])
+    assert args.output_dir == str(tmp_path / "runs")
