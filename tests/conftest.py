@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import csv
 import os
 import shutil
 import tempfile
@@ -57,6 +58,23 @@ def make_bedroom_folder(root: Path, n: int = 24) -> Path:
     for i in range(1, n + 1):
         make_photo(root / f"bed_{i}.jpg", (230, 230, 230) if i % 2 else (60, 40, 20), seed=i)
     return root
+
+def write_birds(root: Path, species: dict[str, int], missing: dict[str, int] | None = None) -> Path:
+    """``birds.csv`` (class id, filepaths, labels, data set) and ``images/<SPECIES>/<i>.jpg``; ``missing`` rows
+    name files that are not there."""
+    rows = []
+    for s, (name, count) in enumerate(species.items()):
+        for i in range(count + (missing or {}).get(name, 0)):
+            path = f"images/{name}/{i}.jpg"
+            if i < count:
+                make_photo(root / path, (40 * s, 200 - 40 * s, 90), seed=50 * s + i)
+            rows.append({"class id": s, "filepaths": path, "labels": name, "data set": "train"})
+    with (root / "birds.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:

@@ -1,10 +1,8 @@
 """Species names as people read them (``hf_model.data.natural_case``), and birds.csv classes that must stay apart."""
 
-import csv
-from pathlib import Path
 
 import pytest
-from conftest import make_photo
+from conftest import write_birds
 
 from hf_model.data import build_dataset, natural_case
 
@@ -28,23 +26,8 @@ def test_natural_case_capitalizes_the_letters_people_do(kaggle, natural):
     assert natural_case(kaggle) == natural
 
 
-def write_birds_csv(root: Path, species: list[str], photos_each: int = 4) -> Path:
-    """``birds.csv`` and ``images/<species>/<i>.jpg`` with ``photos_each`` tiny photos of each species."""
-    rows = []
-    for s, name in enumerate(species):
-        for i in range(photos_each):
-            path = f"images/{name}/{i}.jpg"
-            make_photo(root / path, (60 * s, 200 - 60 * s, 90), seed=10 * s + i)
-            rows.append({"class id": s, "filepaths": path, "labels": name, "data set": "train"})
-    with (root / "birds.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
 def test_species_differing_only_in_case_stay_two_classes_named_as_birds_csv_writes_them(tmp_path):
-    root = write_birds_csv(tmp_path / "birds", ["AMERICAN GOLDFINCH", "American Goldfinch", "JAY"])
+    root = write_birds(tmp_path / "birds", dict.fromkeys(["AMERICAN GOLDFINCH", "American Goldfinch", "JAY"], 4))
     data = build_dataset(str(root), split_fractions=HALVES)
     assert data["train"].features["label"].names == ["AMERICAN GOLDFINCH", "American Goldfinch", "Jay"]
     labels = [label for split in ("train", "validation", "test") for label in data[split]["label"]]
@@ -54,7 +37,7 @@ def test_species_differing_only_in_case_stay_two_classes_named_as_birds_csv_writ
 def test_a_published_birds_dataset_with_such_species_keeps_their_names_and_ids(tmp_path):
     from hf_model.hub import load_dataset_to_publish
 
-    root = write_birds_csv(tmp_path / "birds", ["AMERICAN GOLDFINCH", "American Goldfinch", "JAY"])
+    root = write_birds(tmp_path / "birds", dict.fromkeys(["AMERICAN GOLDFINCH", "American Goldfinch", "JAY"], 4))
     trained_on = build_dataset(str(root), split_fractions=HALVES)
     published, _ = load_dataset_to_publish(str(root), None, HALVES)
     assert published["train"].features["label"].names == ["AMERICAN GOLDFINCH", "American Goldfinch", "JAY"]

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_bedroom_folder, make_photo
+from conftest import make_bedroom_folder, make_photo, write_birds
 from datasets import ClassLabel, Image
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, UPRIGHT_BOTTOM, UPRIGHT_TOP, eight_bit_copy
 from PIL import Image as PILImage
@@ -238,23 +238,6 @@ def test_labels_csv_naming_missing_files_skips_them_naming_lines_and_count(tmp_p
 
 
 # ---- the birds layout: birds.csv ----
-
-def write_birds(root: Path, species: dict[str, int], missing: dict[str, int] | None = None) -> Path:
-    """``birds.csv`` (class id, filepaths, labels, data set) and ``images/<SPECIES>/<i>.jpg``; ``missing`` rows
-    name files that are not there."""
-    rows = []
-    for s, (name, count) in enumerate(species.items()):
-        for i in range(count + (missing or {}).get(name, 0)):
-            path = f"images/{name}/{i}.jpg"
-            if i < count:
-                make_photo(root / path, (40 * s, 200 - 40 * s, 90), seed=50 * s + i)
-            rows.append({"class id": s, "filepaths": path, "labels": name, "data set": "train"})
-    with (root / "birds.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
 
 def test_birds_csv_naming_missing_files_skips_them_naming_lines_and_count(tmp_path, info_logs):
     root = write_birds(tmp_path / "birds", {"CROW": 4, "JAY": 4}, missing={"JAY": 2})

@@ -275,22 +275,42 @@ def test_sixteen_bit_photo_gets_the_same_probabilities_as_its_eight_bit_copy(tin
 # ---------------------------------------------------------------- interrupted runs (issue 12, part 2)
 
 
-def test_a_run_killed_while_writing_leaves_the_old_csv_and_no_half_one(model_dir, tmp_path, monkeypatch):
-    for i in range(3):
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, a scheduler's stop: mid-run, from a decoding thread
+
+
+@pytest.mark.parametrize(("stop_run", "status"), [(_ctrl_c, 130), (_sigterm, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_run_stopped_while_writing_leaves_the_old_csv_and_no_temporary_file(model_dir, tmp_path, monkeypatch,
+                                                                               stop_run, status):
+    import signal
+
+    for i in range(8):
         make_photo(tmp_path / "photos" / f"{i}.jpg", (90, 160, 90), seed=i)
     output = tmp_path / "predictions.csv"
     output.write_text("the previous run's rows\n")
-    calls = iter(range(10))
+    calls = iter(range(100))
 
-    def killed_on_the_third(path):
+    def stopped_on_the_third(path):
         if next(calls) == 2:
-            raise KeyboardInterrupt  # what Ctrl-C (or a kill's exception) does mid-run
+            stop_run()
         return read_photo(path)
 
-    monkeypatch.setattr("hf_model.predict.read_photo", killed_on_the_third)
-    with pytest.raises(SystemExit) as stop:
-        main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
-    assert stop.value.code == 130  # the shell's status for Ctrl-C
+    monkeypatch.setattr("hf_model.predict.read_photo", stopped_on_the_third)
+    # what SIGTERM does here when the command leaves it alone: nothing (its default would end pytest itself)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == status  # 128 + the signal: what a shell reports
     assert output.read_text() == "the previous run's rows\n"
     assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left
 
@@ -421,34 +441,6 @@ def test_a_progress_bar_counts_the_photos_on_a_terminal(exported_dir, tmp_path, 
 
 
 # ---------------------------------------------------------------- what real folders hold (issue 15, tried anew)
-
-
-def test_a_run_stopped_with_sigterm_leaves_the_old_csv_and_no_temporary_file(model_dir, tmp_path, monkeypatch):
-    import os
-    import signal
-
-    for i in range(8):
-        make_photo(tmp_path / "photos" / f"{i}.jpg", (90, 160, 90), seed=i)
-    output = tmp_path / "predictions.csv"
-    output.write_text("the previous run's rows\n")
-    calls = iter(range(100))
-
-    def stopped_on_the_third(path):
-        if next(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID`, a scheduler's stop: mid-run, from a decoding thread
-        return read_photo(path)
-
-    monkeypatch.setattr("hf_model.predict.read_photo", stopped_on_the_third)
-    # what SIGTERM does here when the command leaves it alone: nothing (its default would end pytest itself)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        with pytest.raises(SystemExit) as stop:
-            main([str(model_dir), str(tmp_path / "photos"), "--output", str(output), "--batch_size", "1"])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert stop.value.code == 143  # 128 + SIGTERM, what a shell reports
-    assert output.read_text() == "the previous run's rows\n"
-    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["predictions.csv"]  # no temporary file left
 
 
 def test_a_file_name_that_is_not_utf8_gets_its_row_with_the_odd_bytes_escaped(model_dir, tmp_path):
