@@ -163,11 +163,6 @@ class Labeler:
     preprocess: Preprocess  # one photo -> (3, H, W) float32
     model: OnnxModel | TorchModel  # the exported graph, or PyTorch
 
-    @classmethod
-    def from_torch(cls, model: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor]) -> Labeler:
-        """A loaded PyTorch ``model`` and its per-photo ``transform`` (:func:`load_for_inference`'s pair)."""
-        return cls(class_names(model.config), lambda image: transform(image).float().numpy(), TorchModel(model))
-
 
 def load_labeler(source: str, device: Device = None) -> Labeler:
     """A model folder or Hub id ready to label photos: its exported graph in ONNX Runtime when the folder has an
@@ -189,12 +184,6 @@ def load_labeler(source: str, device: Device = None) -> Labeler:
               f"{source}` makes this several times faster", file=sys.stderr)  # a stale one: load_exported warns
     model = graph or TorchModel(load_or_explain(source, device)[0])
     return Labeler(class_names(config), preprocess, model)
-
-
-def predict_files(model, transform, files: list[Path], top_k: int = 1, batch_size: int = 16) -> Iterator[dict]:
-    """:func:`label_files` with a loaded PyTorch ``model`` and its per-photo ``transform`` (:func:`load_for_inference`).
-    """
-    return label_files(Labeler.from_torch(model, transform), files, top_k, batch_size)
 
 
 def label_files(labeler: Labeler, files: list[Path], top_k: int = 1, batch_size: int = 16,

@@ -14,7 +14,7 @@ from conftest import make_photo
 from photo_kinds import PHOTO_KINDS, READABLE_KINDS, UNREADABLE_KINDS, eight_bit_copy, sixteen_bit_png
 from PIL import Image
 
-from hf_model.predict import class_probabilities, load_for_inference, main, predict_files, read_photo
+from hf_model.predict import class_probabilities, label_files, load_for_inference, load_labeler, main, read_photo
 
 LABELS = ["cat", "dog", "owl"]
 # The model ignores the photo: logits are its bias (0, 1, 2), so every photo gets these probabilities.
@@ -258,16 +258,16 @@ def test_photos_over_pillows_warning_limit_are_refused_not_decoded(model_dir, tm
     # lowered so that a 48 x 48 photo is between one and two times the limit: Pillow warns but would decode
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     photo = make_photo(tmp_path / "photo.jpg", (90, 160, 90))
-    (row,) = predict_files(*load_for_inference(str(model_dir)), [photo])
+    (row,) = label_files(load_labeler(str(model_dir)), [photo])
     assert "decompression bomb" in row["error"] and "predictions" not in row
 
 
 def test_sixteen_bit_photo_gets_the_same_probabilities_as_its_eight_bit_copy(tiny_convnext, tmp_path):
-    model, transform = load_for_inference(tiny_convnext)  # random weights: the scores depend on the pixels
+    labeler = load_labeler(tiny_convnext)  # random weights: the scores depend on the pixels
     white = tmp_path / "white.png"
     Image.new("RGB", (48, 48), (255, 255, 255)).save(white)
     files = [sixteen_bit_png(tmp_path), eight_bit_copy(tmp_path), white]
-    wide, narrow, blank = (row["predictions"] for row in predict_files(model, transform, files, top_k=10))
+    wide, narrow, blank = (row["predictions"] for row in label_files(labeler, files, top_k=10))
     assert {p["label"]: p["score"] for p in wide} == pytest.approx({p["label"]: p["score"] for p in narrow}, abs=2e-3)
     assert {p["label"]: p["score"] for p in wide} != pytest.approx({p["label"]: p["score"] for p in blank}, abs=2e-3)
 
